@@ -1,0 +1,29 @@
+"""EDSR and MDSR super-resolution, exact to the paper and the authors' checkpoints.
+
+>>> import edsr
+>>> model = edsr.load_model("edsr_baseline_x2-1bc95232.pt")
+>>> big = edsr.upscale(pil_image, model)
+"""
+
+__version__ = "0.1.0"
+
+from edsr.errors import CheckpointError, EdsrError, ImageError
+from edsr.inference import upscale
+from edsr.models import EDSR, MDSR, PRESETS, build_model, count_parameters
+from edsr.weights import detect_config, load_model, save_model
+
+__all__ = [
+    "EDSR",
+    "MDSR",
+    "PRESETS",
+    "CheckpointError",
+    "EdsrError",
+    "ImageError",
+    "__version__",
+    "build_model",
+    "count_parameters",
+    "detect_config",
+    "load_model",
+    "save_model",
+    "upscale",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from edsr.cli import main
+
+sys.exit(main())

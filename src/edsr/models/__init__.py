@@ -1,0 +1,86 @@
+"""EDSR and MDSR models and the paper's four presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from edsr.errors import EdsrError
+from edsr.models.edsr import EDSR
+from edsr.models.mdsr import MDSR
+
+SRModel = EDSR | MDSR
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    arch: str  # "edsr" or "mdsr"
+    n_resblocks: int
+    n_feats: int
+    res_scale: float
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("edsr-baseline", "edsr", 16, 64, 1.0, "EDSR baseline, 16 blocks x 64 features"),
+        Preset("edsr", "edsr", 32, 256, 0.1, "EDSR, 32 blocks x 256 features, res_scale 0.1"),
+        Preset("mdsr-baseline", "mdsr", 16, 64, 1.0, "MDSR baseline, x2/x3/x4 in one, 16 blocks"),
+        Preset("mdsr", "mdsr", 80, 64, 1.0, "MDSR, x2/x3/x4 in one, 80 blocks"),
+    )
+}
+
+
+def build_model(
+    preset: str, *, scale: int | None = None, scales: tuple[int, ...] = (2, 3, 4)
+) -> SRModel:
+    """Build a freshly initialised model from a preset name.
+
+    EDSR presets need ``scale``; MDSR presets take ``scales`` (default x2, x3, x4).
+    """
+    try:
+        p = PRESETS[preset]
+    except KeyError:
+        raise EdsrError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
+    if p.arch == "edsr":
+        if scale is None:
+            raise EdsrError(f"preset {preset!r} needs a scale (2, 3 or 4)")
+        return EDSR(scale=scale, n_resblocks=p.n_resblocks, n_feats=p.n_feats, res_scale=p.res_scale)
+    return MDSR(scales=tuple(scales), n_resblocks=p.n_resblocks, n_feats=p.n_feats)
+
+
+def model_from_config(config: dict) -> SRModel:
+    """Rebuild a model from the dict returned by ``model.config()``."""
+    cfg = dict(config)
+    arch = cfg.pop("arch", None)
+    try:
+        if arch == "edsr":
+            return EDSR(
+                scale=int(cfg["scale"]),
+                n_resblocks=int(cfg["n_resblocks"]),
+                n_feats=int(cfg["n_feats"]),
+                res_scale=float(cfg["res_scale"]),
+                n_colors=int(cfg.get("n_colors", 3)),
+                rgb_range=float(cfg.get("rgb_range", 255.0)),
+            )
+        if arch == "mdsr":
+            return MDSR(
+                scales=tuple(int(s) for s in cfg["scales"]),
+                n_resblocks=int(cfg["n_resblocks"]),
+                n_feats=int(cfg["n_feats"]),
+                n_colors=int(cfg.get("n_colors", 3)),
+                rgb_range=float(cfg.get("rgb_range", 255.0)),
+            )
+    except (KeyError, TypeError, ValueError) as e:
+        raise EdsrError(f"model config is incomplete or invalid ({e!r}): {config}") from None
+    raise EdsrError(f"unknown architecture {arch!r} in model config; expected 'edsr' or 'mdsr'")
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["EDSR", "MDSR", "PRESETS", "Preset", "SRModel", "build_model", "count_parameters", "model_from_config"]

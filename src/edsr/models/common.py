@@ -1,0 +1,82 @@
+"""Building blocks shared by EDSR and MDSR, laid out so official state dicts load strictly."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# DIV2K mean RGB, in 0..1; the official models subtract it (times rgb_range) first.
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)
+
+
+class MeanShift(nn.Conv2d):
+    """Frozen 1x1 conv adding ``sign * rgb_range * mean``; kept as a conv for the official keys."""
+
+    def __init__(
+        self,
+        *,
+        rgb_range: float = 255.0,
+        sign: int = -1,
+        n_colors: int = 3,
+        rgb_mean: tuple[float, ...] = DIV2K_RGB_MEAN,
+    ) -> None:
+        super().__init__(n_colors, n_colors, kernel_size=1)
+        if len(rgb_mean) != n_colors:
+            # A single-channel model has no RGB mean; use the mean of the three.
+            rgb_mean = (sum(rgb_mean) / len(rgb_mean),) * n_colors
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(n_colors).view(n_colors, n_colors, 1, 1))
+            self.bias.copy_(sign * rgb_range * torch.tensor(rgb_mean))
+        for p in self.parameters():
+            p.requires_grad = False
+
+
+class ResBlock(nn.Module):
+    """conv -> ReLU -> conv, scaled by ``res_scale``, plus the input."""
+
+    def __init__(self, n_feats: int, kernel_size: int = 3, *, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv(n_feats, n_feats, kernel_size), nn.ReLU(inplace=True), conv(n_feats, n_feats, kernel_size)
+        )
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = self.body(x)
+        if self.res_scale != 1.0:
+            res = res * self.res_scale
+        return res + x
+
+    @torch.no_grad()
+    def fold_res_scale(self) -> None:
+        """Fold ``res_scale`` into the second conv, so inference skips the multiply."""
+        if self.res_scale != 1.0:
+            last = self.body[2]
+            last.weight.mul_(self.res_scale)
+            last.bias.mul_(self.res_scale)
+            self.res_scale = 1.0
+
+
+class Upsampler(nn.Sequential):
+    """Sub-pixel upsampling: log2(scale) x [conv F->4F, shuffle 2] for powers of 2, or [conv F->9F, shuffle 3]."""
+
+    def __init__(self, scale: int, n_feats: int) -> None:
+        layers: list[nn.Module] = []
+        if scale >= 2 and (scale & (scale - 1)) == 0:
+            for _ in range(int(math.log2(scale))):
+                layers += [conv(n_feats, 4 * n_feats, 3), nn.PixelShuffle(2)]
+        elif scale == 3:
+            layers += [conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
+        else:
+            raise ValueError(f"scale must be 3 or a power of 2, got {scale}")
+        super().__init__(*layers)
+
+
+def supported_scale(scale: int) -> bool:
+    return scale == 3 or (scale >= 2 and (scale & (scale - 1)) == 0)

@@ -1,0 +1,81 @@
+"""EDSR (Lim et al. 2017), single-scale."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from edsr.errors import EdsrError
+from edsr.models.common import MeanShift, ResBlock, Upsampler, conv, supported_scale
+
+
+class EDSR(nn.Module):
+    """Enhanced Deep Residual Network for one upscaling factor.
+
+    Inputs and outputs are images with values in ``0..rgb_range`` (255 for the official
+    weights), shape (N, n_colors, H, W); the output is (N, n_colors, H*scale, W*scale).
+    """
+
+    def __init__(
+        self,
+        *,
+        scale: int,
+        n_resblocks: int = 16,
+        n_feats: int = 64,
+        res_scale: float = 1.0,
+        n_colors: int = 3,
+        rgb_range: float = 255.0,
+    ) -> None:
+        super().__init__()
+        if not supported_scale(scale):
+            raise EdsrError(f"EDSR supports scale 2, 3, 4, 8 (3 or a power of 2), not {scale}")
+        self.scale = scale
+        self.n_resblocks = n_resblocks
+        self.n_feats = n_feats
+        self.res_scale = res_scale
+        self.n_colors = n_colors
+        self.rgb_range = rgb_range
+
+        # Registration order follows the official files, so state dicts match key for key.
+        self.sub_mean = MeanShift(rgb_range=rgb_range, sign=-1, n_colors=n_colors)
+        self.add_mean = MeanShift(rgb_range=rgb_range, sign=1, n_colors=n_colors)
+        self.head = nn.Sequential(conv(n_colors, n_feats, 3))
+        self.body = nn.Sequential(
+            *[ResBlock(n_feats, 3, res_scale=res_scale) for _ in range(n_resblocks)],
+            conv(n_feats, n_feats, 3),
+        )
+        self.tail = nn.Sequential(Upsampler(scale, n_feats), conv(n_feats, n_colors, 3))
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return (self.scale,)
+
+    def config(self) -> dict:
+        return {
+            "arch": "edsr",
+            "scale": self.scale,
+            "n_resblocks": self.n_resblocks,
+            "n_feats": self.n_feats,
+            "res_scale": self.res_scale,
+            "n_colors": self.n_colors,
+            "rgb_range": self.rgb_range,
+        }
+
+    def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
+        if scale is not None and scale != self.scale:
+            raise EdsrError(f"this EDSR model upscales x{self.scale} only, not x{scale}")
+        x = self.sub_mean(x)
+        x = self.head(x)
+        x = self.body(x) + x
+        x = self.tail(x)
+        return self.add_mean(x)
+
+    def fold_res_scale(self) -> EDSR:
+        """Return a copy with residual scaling folded into the convolutions (same outputs, no multiply)."""
+        model = copy.deepcopy(self)
+        for block in model.body:
+            if isinstance(block, ResBlock):
+                block.fold_res_scale()
+        return model

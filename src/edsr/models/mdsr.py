@@ -1,0 +1,85 @@
+"""MDSR (Lim et al. 2017): one network, one shared body, several scales."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from edsr.errors import EdsrError
+from edsr.models.common import MeanShift, ResBlock, Upsampler, conv, supported_scale
+
+
+class MDSR(nn.Module):
+    """Multi-scale deep super-resolution network.
+
+    ``forward(x, scale)`` picks the scale-specific pre-processing and upsampling branches;
+    the scale is an argument, never hidden state, so one model serves several scales at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        scales: tuple[int, ...] = (2, 3, 4),
+        n_resblocks: int = 16,
+        n_feats: int = 64,
+        n_colors: int = 3,
+        rgb_range: float = 255.0,
+    ) -> None:
+        super().__init__()
+        scales = tuple(int(s) for s in scales)
+        if not scales or len(set(scales)) != len(scales):
+            raise EdsrError(f"MDSR needs distinct scales, got {scales}")
+        for s in scales:
+            if not supported_scale(s):
+                raise EdsrError(f"MDSR supports scales that are 3 or a power of 2, not {s}")
+        self.scales = scales
+        self.n_resblocks = n_resblocks
+        self.n_feats = n_feats
+        self.n_colors = n_colors
+        self.rgb_range = rgb_range
+
+        # Registration order follows the official files, so state dicts match key for key.
+        self.sub_mean = MeanShift(rgb_range=rgb_range, sign=-1, n_colors=n_colors)
+        self.add_mean = MeanShift(rgb_range=rgb_range, sign=1, n_colors=n_colors)
+        self.pre_process = nn.ModuleList(
+            nn.Sequential(ResBlock(n_feats, 5), ResBlock(n_feats, 5)) for _ in scales
+        )
+        self.upsample = nn.ModuleList(Upsampler(s, n_feats) for s in scales)
+        self.head = nn.Sequential(conv(n_colors, n_feats, 3))
+        self.body = nn.Sequential(
+            *[ResBlock(n_feats, 3) for _ in range(n_resblocks)], conv(n_feats, n_feats, 3)
+        )
+        self.tail = nn.Sequential(conv(n_feats, n_colors, 3))
+
+    def config(self) -> dict:
+        return {
+            "arch": "mdsr",
+            "scales": list(self.scales),
+            "n_resblocks": self.n_resblocks,
+            "n_feats": self.n_feats,
+            "n_colors": self.n_colors,
+            "rgb_range": self.rgb_range,
+        }
+
+    def branch(self, scale: int) -> int:
+        try:
+            return self.scales.index(int(scale))
+        except ValueError:
+            have = ", ".join(f"x{s}" for s in self.scales)
+            raise EdsrError(f"this MDSR model has scales {have}, not x{scale}") from None
+
+    def forward(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+        k = self.branch(scale)
+        x = self.sub_mean(x)
+        x = self.head(x)
+        x = self.pre_process[k](x)
+        x = self.body(x) + x
+        x = self.upsample[k](x)
+        x = self.tail(x)
+        return self.add_mean(x)
+
+    def fold_res_scale(self) -> MDSR:
+        """MDSR uses res_scale 1, so there is nothing to fold; returns a copy for symmetry with EDSR."""
+        return copy.deepcopy(self)

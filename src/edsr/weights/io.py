@@ -1,0 +1,174 @@
+"""Reading and writing checkpoints: official ``.pt`` files, foreign layouts, and our safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edsr.errors import CheckpointError
+from edsr.fileio import atomic_write
+from edsr.models import SRModel, model_from_config
+from edsr.weights.convert import StateDict, normalize_state_dict
+from edsr.weights.detect import detect_config
+
+FORMAT_NAME = "edsr"
+FORMAT_VERSION = "1"
+_SAFETENSORS_MAGIC_MAX = 100_000_000  # a header longer than this is not a safetensors file
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n < _SAFETENSORS_MAGIC_MAX and head[8:9] == b"{"
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, dict[str, str]]:
+    """Return (official-layout state dict, embedded config or None, safetensors metadata)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the weights file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); download it again")
+    if _looks_like_safetensors(path):
+        try:
+            sd = load_file(str(path))
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} is a damaged safetensors file ({e})") from None
+        config = None
+        if meta.get("format") == FORMAT_NAME and "config" in meta:
+            try:
+                config = json.loads(meta["config"])
+            except json.JSONDecodeError:
+                raise CheckpointError(f"checkpoint {path} has a corrupt embedded config") from None
+        return normalize_state_dict(sd), config, meta
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"refused to load {path}: it needs arbitrary Python code to unpickle ({first[:160]}); "
+            "if you trust it, re-save only its tensors with torch.save(model.state_dict(), ...)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for damaged files
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a PyTorch or safetensors file, or truncated ({msg})"
+        ) from None
+    return normalize_state_dict(obj), None, {}
+
+
+def _check_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], config: dict, source: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s) ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+    if unexpected:
+        parts.append(
+            f"unexpected {len(unexpected)} key(s) ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''})"
+        )
+    if mismatched:
+        k = mismatched[0]
+        parts.append(f"{len(mismatched)} shape mismatch(es) (first {k}: file {got[k]}, model {expected[k]})")
+    hint = "the file is truncated or from another architecture"
+    if mismatched and not (missing or unexpected):
+        hint = "the embedded config does not match the tensors; re-import the file with 'edsr weights import'"
+    elif unexpected and not missing:
+        hint = "the file has extra layers: it is probably not an EDSR/MDSR checkpoint"
+    desc = f"{config['arch'].upper()} {config.get('n_resblocks')}x{config.get('n_feats')}"
+    raise CheckpointError(f"{source} does not match {desc}: {'; '.join(parts)}; {hint}")
+
+
+def model_from_state_dict(
+    sd: Mapping[str, torch.Tensor],
+    *,
+    config: dict | None = None,
+    res_scale: float | None = None,
+    source: str = "checkpoint",
+) -> SRModel:
+    """Build the model described by ``config`` (or detected from shapes) and load ``sd`` strictly."""
+    if config is None:
+        config = detect_config(sd, res_scale=res_scale)
+    elif res_scale is not None and config.get("arch") == "edsr":
+        config = {**config, "res_scale": float(res_scale)}
+    model = model_from_config(config)
+    _check_strict(model, sd, config, source)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return model.eval()
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    res_scale: float | None = None,
+    scale: int | None = None,
+    device: str | torch.device | None = None,
+) -> SRModel:
+    """Load any accepted checkpoint into an EDSR or MDSR model, in eval mode.
+
+    Accepts the authors' ``.pt`` files, dicts wrapping them (``state_dict``, ``model``,
+    ``params``, ``params_ema``), ``module.``/``_orig_mod.`` prefixes, BasicSR's EDSR layout,
+    and this project's safetensors. Hyperparameters come from the tensor shapes (or the
+    embedded config); ``res_scale`` cannot be seen in shapes, so the paper's convention is
+    used unless given. ``scale``, when given, must be one the model has.
+    """
+    sd, config, _ = read_checkpoint(path)
+    model = model_from_state_dict(sd, config=config, res_scale=res_scale, source=str(path))
+    if scale is not None and int(scale) not in model.scales:
+        have = ", ".join(f"x{s}" for s in model.scales)
+        raise CheckpointError(
+            f"{path} is a {have} model; it cannot upscale x{scale} (use --scale {model.scales[0]} "
+            "or a checkpoint trained for that scale)"
+        )
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def save_model(
+    model: SRModel,
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save ``model`` as self-describing safetensors (config in the header), atomically.
+
+    ``dtype=torch.float16`` halves the file; the mean-shift constants stay float32 because
+    fp16 would move them by up to 0.01 gray levels.
+    """
+    path = Path(path)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if dtype is not None and not k.startswith(("sub_mean.", "add_mean.")):
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(model.config())}
+    if metadata:
+        meta.update({str(k): str(v) for k, v in metadata.items()})
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path

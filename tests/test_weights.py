@@ -1,0 +1,198 @@
+import pickle
+
+import pytest
+import torch
+
+from edsr import CheckpointError, build_model, detect_config, load_model, save_model
+from edsr.weights.convert import normalize_state_dict
+
+SMALL = [("edsr-baseline", 2), ("edsr-baseline", 3), ("edsr-baseline", 4), ("mdsr-baseline", None)]
+
+
+def _randomize(model):
+    # Fresh init leaves the upsampler tiny; noisy weights make output comparisons meaningful.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+def _out(model, x, scale):
+    with torch.no_grad():
+        return model(x, scale)
+
+
+def _basicsr_layout(sd, n_blocks):
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("sub_mean", "add_mean")):
+            continue
+        parts = k.split(".")
+        if k.startswith("head.0."):
+            out["conv_first." + parts[-1]] = v
+        elif k.startswith("body.") and parts[1] == str(n_blocks):
+            out["conv_after_body." + parts[-1]] = v
+        elif k.startswith("body."):
+            out[f"body.{parts[1]}.conv{1 if parts[3] == '0' else 2}.{parts[-1]}"] = v
+        elif k.startswith("tail.0."):
+            out[f"upsample.{parts[2]}.{parts[-1]}"] = v
+        elif k.startswith("tail.1."):
+            out["conv_last." + parts[-1]] = v
+    return out
+
+
+@pytest.mark.parametrize("preset,scale", SMALL)
+def test_every_layout_loads_with_identical_outputs(tmp_path, preset, scale):
+    model = _randomize(build_model(preset, scale=scale))
+    s = scale or 3
+    x = torch.rand(1, 3, 9, 8) * 255
+    ref = _out(model, x, s)
+    sd = model.state_dict()
+    layouts = {
+        "bare.pt": sd,
+        "state_dict.pth": {"state_dict": sd, "epoch": 3},
+        "model.pt": {"model": sd},
+        "params.pth": {"params": sd},
+        "params_ema.pth": {"params_ema": sd, "params": {k: torch.zeros_like(v) for k, v in sd.items()}},
+        "module.pt": {"module." + k: v for k, v in sd.items()},
+        "compiled.pt": {"_orig_mod." + k: v for k, v in sd.items()},
+        "ddp_compiled.pt": {"state_dict": {"module._orig_mod." + k: v for k, v in sd.items()}},
+    }
+    if preset.startswith("edsr"):
+        layouts["basicsr.pth"] = {"params": _basicsr_layout(sd, model.n_resblocks)}
+    for name, obj in layouts.items():
+        torch.save(obj, tmp_path / name)
+        loaded = load_model(tmp_path / name)
+        assert loaded.config() == model.config(), name
+        assert torch.equal(_out(loaded, x, s), ref), name
+    ours = save_model(model, tmp_path / "ours.safetensors")
+    loaded = load_model(ours)
+    assert loaded.config() == model.config()
+    assert torch.equal(_out(loaded, x, s), ref)
+
+
+def test_basicsr_mean_is_rebuilt_exactly():
+    model = _randomize(build_model("edsr-baseline", scale=2))
+    sd = normalize_state_dict({"params": _basicsr_layout(model.state_dict(), 16)})
+    for k in ("sub_mean.bias", "add_mean.bias", "sub_mean.weight"):
+        assert torch.allclose(sd[k], model.state_dict()[k], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "preset,scale,expected",
+    [
+        ("edsr-baseline", 3, {"arch": "edsr", "scale": 3, "n_resblocks": 16, "n_feats": 64, "res_scale": 1.0}),
+        ("edsr", 4, {"arch": "edsr", "scale": 4, "n_resblocks": 32, "n_feats": 256, "res_scale": 0.1}),
+        ("mdsr", None, {"arch": "mdsr", "scales": [2, 3, 4], "n_resblocks": 80, "n_feats": 64}),
+    ],
+)
+def test_detect_config_from_shapes(preset, scale, expected):
+    cfg = detect_config(build_model(preset, scale=scale).state_dict())
+    assert {k: cfg[k] for k in expected} == expected
+    assert cfg["rgb_range"] == 255.0 and cfg["n_colors"] == 3
+
+
+def test_detect_rgb_range_and_colors_and_res_scale_override(tmp_path):
+    from edsr import EDSR
+
+    m = EDSR(scale=2, n_resblocks=2, n_feats=8, n_colors=1, rgb_range=1.0)
+    cfg = detect_config(m.state_dict())
+    assert cfg["rgb_range"] == 1.0 and cfg["n_colors"] == 1 and cfg["n_resblocks"] == 2
+    torch.save(m.state_dict(), tmp_path / "m.pt")
+    assert load_model(tmp_path / "m.pt", res_scale=0.5).res_scale == 0.5
+
+
+def test_res_scale_is_stored_in_our_format(tmp_path):
+    from edsr import EDSR
+
+    m = EDSR(scale=2, n_resblocks=2, n_feats=8, res_scale=0.25)
+    save_model(m, tmp_path / "m.safetensors")
+    assert load_model(tmp_path / "m.safetensors").res_scale == 0.25
+    # From shapes alone it cannot be known: the paper's convention (1.0 for this size) is used.
+    torch.save(m.state_dict(), tmp_path / "m.pt")
+    assert load_model(tmp_path / "m.pt").res_scale == 1.0
+
+
+def test_fp16_save_keeps_mean_shift_exact(tmp_path):
+    model = _randomize(build_model("edsr-baseline", scale=2))
+    path = save_model(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    loaded = load_model(path)
+    assert torch.equal(loaded.sub_mean.bias, model.sub_mean.bias)
+    x = torch.rand(1, 3, 8, 8) * 255
+    assert (_out(loaded, x, 2) - _out(model, x, 2)).abs().max() < 0.5
+    assert path.stat().st_size < 0.6 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_save_never_overwrites_without_asking(tmp_path):
+    model = build_model("edsr-baseline", scale=2)
+    path = save_model(model, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="exists; pass --overwrite"):
+        save_model(_randomize(model), path)
+    assert path.read_bytes() == before
+    save_model(model, path, overwrite=True)
+    assert list(tmp_path.iterdir()) == [path], "no temporary files left behind"
+
+
+def test_strict_errors_name_keys(tmp_path):
+    sd = build_model("edsr-baseline", scale=2).state_dict()
+    missing = {k: v for k, v in sd.items() if not k.startswith("body.3.")}
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"missing 4 key\(s\) \(body\.3\.body\.0\.bias"):
+        load_model(tmp_path / "missing.pt")
+    extra = dict(sd, **{"attention.weight": torch.zeros(3)})
+    torch.save(extra, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match="unexpected 1 key.*attention.weight.*not an EDSR/MDSR"):
+        load_model(tmp_path / "extra.pt")
+    bad = dict(sd)
+    bad["body.5.body.0.weight"] = torch.zeros(64, 64, 5, 5)
+    torch.save(bad, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match="shape mismatch.*body.5.body.0.weight"):
+        load_model(tmp_path / "shape.pt")
+
+
+def test_wrong_scale_request_is_explained(tmp_path):
+    torch.save(build_model("edsr-baseline", scale=4).state_dict(), tmp_path / "x4.pt")
+    with pytest.raises(CheckpointError, match="x4 model; it cannot upscale x2"):
+        load_model(tmp_path / "x4.pt", scale=2)
+
+
+def test_non_edsr_and_garbage_files_are_refused(tmp_path):
+    resnet_like = {"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}
+    torch.save(resnet_like, tmp_path / "resnet.pt")
+    with pytest.raises(CheckpointError, match="not an EDSR/MDSR checkpoint"):
+        load_model(tmp_path / "resnet.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_model(tmp_path / "text.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_model(tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+    good = tmp_path / "good.pt"
+    torch.save(build_model("edsr-baseline", scale=2).state_dict(), good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(tmp_path / "truncated.pt")
+    torch.save({"note": "no tensors here"}, tmp_path / "notensors.pt")
+    with pytest.raises(CheckpointError, match="no model weights"):
+        load_model(tmp_path / "notensors.pt")
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickle_needing_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"head.0.weight": Evil()}, f)
+    with pytest.raises(CheckpointError, match="arbitrary Python code"):
+        load_model(path)
+    assert "must never run" not in capsys.readouterr().out
+    torch.save({"model": Evil()}, tmp_path / "evil2.pt")
+    with pytest.raises(CheckpointError, match="arbitrary Python code"):
+        load_model(tmp_path / "evil2.pt")
