@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from edsr import __version__
 from edsr.errors import EdsrError
@@ -47,6 +48,66 @@ def _run_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="measure PSNR/SSIM on benchmark sets",
+        description="Evaluate a model (or bicubic) under the paper's protocol: MATLAB bicubic LR, "
+        "outputs quantized to 0..255, Y channel and shave=scale for benchmarks, RGB and "
+        "shave=scale+6 for DIV2K.",
+    )
+    p.add_argument("--model", required=True, help="'bicubic' or a checkpoint file")
+    p.add_argument("--data", nargs="+", required=True, help="data set folders (HR/, DIV2K or flat)")
+    p.add_argument("--scale", nargs="+", type=_positive_int, required=True, help="scales to evaluate")
+    p.add_argument("--json", dest="json_path", help="write the full results (per image too) to this file")
+    p.add_argument("--save-images", help="write the upscaled images under this folder")
+    colour = p.add_mutually_exclusive_group()
+    colour.add_argument("--y-channel", dest="y_channel", action="store_true", default=None, help="measure on Y")
+    colour.add_argument("--rgb", dest="y_channel", action="store_false", help="measure on RGB")
+    p.add_argument("--shave", type=int, help="pixels to shave from each border (default: per data set)")
+    p.add_argument(
+        "--gray-as-rgb",
+        action="store_true",
+        help="measure gray images as R=G=B through Y (the public PyTorch code's way; +1.32 dB)",
+    )
+    p.add_argument("--res-scale", type=float, help="override the residual scaling the checkpoint cannot store")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json/--save-images files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from edsr.evaluate import BICUBIC, evaluate, format_table
+    from edsr.fileio import atomic_write, check_writable
+    from edsr.weights import resolve_model
+
+    if args.shave is not None and args.shave < 0:
+        raise EdsrError(f"--shave must be 0 or more, got {args.shave}")
+    if args.json_path:
+        check_writable(Path(args.json_path), overwrite=args.overwrite)
+    model = BICUBIC if args.model == BICUBIC else resolve_model(args.model, res_scale=args.res_scale, device=args.device)
+    report = evaluate(
+        model,
+        args.data,
+        args.scale,
+        y_channel=args.y_channel,
+        shave=args.shave,
+        gray_as_rgb=args.gray_as_rgb,
+        save_images=args.save_images,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(format_table(report))
+    if args.json_path:
+        with atomic_write(args.json_path, overwrite=args.overwrite) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edsr", description="EDSR and MDSR super-resolution: upscale, evaluate, train."
@@ -54,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_upscale(sub)
+    _add_eval(sub)
     return parser
 
 

@@ -138,7 +138,7 @@ def load_model(
     if scale is not None and int(scale) not in model.scales:
         have = ", ".join(f"x{s}" for s in model.scales)
         raise CheckpointError(
-            f"{path} is a {have} model; it cannot upscale x{scale} (use --scale {model.scales[0]} "
+            f"{path} is an {have} model; it cannot upscale x{scale} (use --scale {model.scales[0]} "
             "or a checkpoint trained for that scale)"
         )
     if device is not None:

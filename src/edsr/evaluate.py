@@ -1,0 +1,225 @@
+"""Benchmark evaluation under the paper's protocol (EDSR spec, section 3).
+
+HR images are cropped to a multiple of the scale; LR images come from the data set's
+``LR_bicubic`` folder when it has one, else from MATLAB-exact bicubic downscaling of the HR
+image. Outputs are quantized to 0..255 before PSNR/SSIM, which are measured on the Y
+channel with ``scale`` pixels shaved (benchmarks) or on RGB with ``scale + 6`` (DIV2K).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edsr.errors import EdsrError
+from edsr.imageio import IMAGE_EXTENSIONS, find_images, read_image, write_png
+from edsr.inference import sr_forward
+from edsr.metrics import psnr, ssim
+from edsr.models import SRModel
+from edsr.resize import imresize
+
+BICUBIC = "bicubic"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A folder of ground-truth images and, optionally, the matching bicubic LR images."""
+
+    name: str
+    kind: str  # "benchmark", "div2k" or "folder"
+    hr_files: tuple[Path, ...]
+    lr_root: Path | None  # holds X2/, X3/, ... with <stem>x<s>.<ext>
+
+    def lr_path(self, hr: Path, scale: int) -> Path | None:
+        if self.lr_root is None:
+            return None
+        folder = self.lr_root / f"X{scale}"
+        for ext in (hr.suffix, ".png"):
+            cand = folder / f"{hr.stem}x{scale}{ext}"
+            if cand.is_file():
+                return cand
+        return None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    y_channel: bool
+    shave: int
+    gray_as_rgb: bool = False
+
+
+def _images_in(folder: Path) -> tuple[Path, ...]:
+    return tuple(p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def discover(path: str | os.PathLike) -> EvalSet:
+    """Recognise the benchmark layout (``HR/``, ``LR_bicubic/X{s}/``), DIV2K, or a flat folder."""
+    root = Path(path)
+    if not root.exists():
+        raise EdsrError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise EdsrError(f"{root} is not a directory; --data takes folders of images")
+    if root.name == "HR" and not (root / "HR").is_dir():
+        root = root.parent  # the user pointed at Set5/HR rather than Set5
+    div2k_hr = sorted(p for p in root.glob("DIV2K_*_HR") if p.is_dir())
+    if root.name.startswith("DIV2K_") and root.name.endswith("_HR"):
+        div2k_hr, root = [root], root.parent
+    if div2k_hr:
+        hr_dir = div2k_hr[-1] if len(div2k_hr) == 1 else next((d for d in div2k_hr if "valid" in d.name), div2k_hr[0])
+        lr = root / hr_dir.name.replace("_HR", "_LR_bicubic")
+        files = _images_in(hr_dir)
+        kind, name = "div2k", "DIV2K"
+    elif (root / "HR").is_dir():
+        files = _images_in(root / "HR")
+        lr = root / "LR_bicubic"
+        kind, name = "benchmark", root.name
+    else:
+        files = tuple(find_images([root])) if any(root.iterdir()) else ()
+        lr = None
+        kind, name = "folder", root.name
+    if not files:
+        raise EdsrError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return EvalSet(name=name, kind=kind, hr_files=files, lr_root=lr if lr is not None and lr.is_dir() else None)
+
+
+def default_protocol(evalset: EvalSet, scale: int, *, y_channel: bool | None, shave: int | None, gray_as_rgb: bool) -> Protocol:
+    """The paper's convention: DIV2K on RGB with scale + 6 shaved, everything else Y with scale."""
+    div2k = evalset.kind == "div2k"
+    return Protocol(
+        y_channel=(not div2k) if y_channel is None else y_channel,
+        shave=(scale + 6 if div2k else scale) if shave is None else shave,
+        gray_as_rgb=gray_as_rgb,
+    )
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint16:
+        return np.floor(pixels.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    return pixels
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+
+
+def load_pair(evalset: EvalSet, hr_path: Path, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR) as uint8 (C, H, W) tensors, HR cropped to a multiple of ``scale``."""
+    hr = _to_uint8(read_image(hr_path).pixels)
+    h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
+    if h == 0 or w == 0:
+        raise EdsrError(f"{hr_path} ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale x{scale}")
+    hr_t = _chw(hr[:h, :w])
+    lr_path = evalset.lr_path(hr_path, scale)
+    if lr_path is None:
+        return imresize(hr_t, 1.0 / scale), hr_t
+    lr = _to_uint8(read_image(lr_path).pixels)
+    if lr.shape[:2] != (h // scale, w // scale):
+        raise EdsrError(
+            f"{lr_path} is {lr.shape[1]}x{lr.shape[0]}, but {hr_path.name} cropped to x{scale} "
+            f"needs {w // scale}x{h // scale}; the LR image does not belong to this HR image"
+        )
+    if lr.shape[2] != hr.shape[2]:
+        # Some copies store a gray image as RGB: measure in the HR image's channels.
+        lr = lr[:, :, :1] if hr.shape[2] == 1 else np.repeat(lr, 3, axis=2)
+    return _chw(lr), hr_t
+
+
+@torch.no_grad()
+def super_resolve(model: SRModel | str, lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """uint8 (C, h, w) -> uint8 (C, h*s, w*s), quantized as the protocol requires."""
+    if isinstance(model, str):
+        return imresize(lr, float(scale))
+    device = next(model.parameters()).device
+    x = lr.unsqueeze(0).to(device=device, dtype=torch.float32)
+    y = sr_forward(model, x, scale)[0]
+    return y.clamp(0, 255).round().to(torch.uint8).cpu()
+
+
+def evaluate(
+    model: SRModel | str,
+    data: Sequence[str | os.PathLike],
+    scales: Sequence[int],
+    *,
+    y_channel: bool | None = None,
+    shave: int | None = None,
+    gray_as_rgb: bool = False,
+    save_images: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``model`` (or ``"bicubic"``) on each data set at each scale.
+
+    Returns ``{"protocol": {...}, "results": [{"dataset", "scale", "psnr", "ssim", "images",
+    "seconds", "protocol", "per_image": [...]}]}``, the structure ``--json`` writes.
+    """
+    if isinstance(model, str) and model != BICUBIC:
+        raise EdsrError(f"unknown model {model!r}")
+    if not scales:
+        raise EdsrError("give at least one --scale")
+    if not isinstance(model, str):
+        bad = [s for s in scales if s not in model.scales]
+        if bad:
+            have = ", ".join(f"x{s}" for s in model.scales)
+            raise EdsrError(f"the model upscales {have}; it cannot be evaluated at x{bad[0]}")
+    sets = [discover(d) for d in data]
+    results = []
+    for evalset in sets:
+        for scale in scales:
+            proto = default_protocol(evalset, scale, y_channel=y_channel, shave=shave, gray_as_rgb=gray_as_rgb)
+            per_image = []
+            start = time.perf_counter()
+            bar = tqdm(evalset.hr_files, desc=f"{evalset.name} x{scale}", unit="img", disable=not progress, leave=False)
+            for hr_path in bar:
+                lr, hr = load_pair(evalset, hr_path, scale)
+                sr = super_resolve(model, lr, scale)
+                kw = dict(crop_border=proto.shave, y_channel=proto.y_channel, gray_as_rgb=proto.gray_as_rgb)
+                p = float(psnr(sr, hr, **kw)[0])
+                s = float(ssim(sr, hr, **kw)[0])
+                per_image.append({"image": hr_path.name, "psnr": p, "ssim": s})
+                if save_images is not None:
+                    dst = Path(save_images) / evalset.name / f"x{scale}" / f"{hr_path.stem}_x{scale}.png"
+                    write_png(dst, sr.permute(1, 2, 0).numpy(), overwrite=overwrite)
+            results.append(
+                {
+                    "dataset": evalset.name,
+                    "scale": scale,
+                    "psnr": float(np.mean([r["psnr"] for r in per_image])),
+                    "ssim": float(np.mean([r["ssim"] for r in per_image])),
+                    "images": len(per_image),
+                    "seconds": time.perf_counter() - start,
+                    "protocol": asdict(proto),
+                    "per_image": per_image,
+                }
+            )
+    return {
+        "model": model if isinstance(model, str) else model.config(),
+        "protocol": {
+            "lr": "MATLAB bicubic (antialiased Keys a=-0.5) of HR cropped to a multiple of the scale, "
+            "or the data set's LR_bicubic images",
+            "quantize": "outputs rounded to integers 0..255",
+            "y_channel": "BT.601 studio-range luma (MATLAB rgb2ycbcr), gray images on their own values"
+            if y_channel is not False
+            else "off",
+            "shave": "scale (benchmarks), scale + 6 (DIV2K)" if shave is None else shave,
+            "psnr": "mean over images of per-image PSNR",
+            "ssim": "Wang et al., Gaussian 11x11 sigma 1.5, valid positions",
+        },
+        "results": results,
+    }
+
+
+def format_table(report: dict) -> str:
+    rows = [f"{'dataset':<12} {'scale':>5} {'PSNR':>9} {'SSIM':>8} {'images':>6} {'seconds':>8}  protocol"]
+    for r in report["results"]:
+        p = r["protocol"]
+        proto = f"{'Y' if p['y_channel'] else 'RGB'}, shave {p['shave']}"
+        ps = "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.4f}"
+        rows.append(f"{r['dataset']:<12} {'x' + str(r['scale']):>5} {ps:>9} {r['ssim']:>8.4f} {r['images']:>6} {r['seconds']:>8.1f}  {proto}")
+    return "\n".join(rows)

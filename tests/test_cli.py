@@ -1,0 +1,177 @@
+"""The command line as a user runs it: real files in, real files out, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DATA
+from edsr import build_model, save_model
+from edsr.cli import main
+
+
+@pytest.fixture(scope="module")
+def x2_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "edsr_baseline_x2.safetensors"
+    save_model(build_model("edsr-baseline", scale=2), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mdsr_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "mdsr.pt"
+    torch.save(build_model("mdsr-baseline").state_dict(), path)
+    return path
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_upscale_rgb_file_as_a_user_would(tmp_path, x2_model):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edsr", "upscale", DATA / "Set5/HR/bird.png", "-o", out, "--model", x2_model, "--scale", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    img = Image.open(out / "bird_x2.png")
+    assert img.size == (576, 576) and img.mode == "RGB"
+
+
+def test_upscale_modes_and_no_overwrite(tmp_path, x2_model, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.open(DATA / "Set14/HR/bridge.png").crop((0, 0, 40, 30)).save(src / "gray.png")
+    Image.new("RGBA", (20, 10), (10, 200, 30, 128)).save(src / "sub" / "alpha.png")
+    Image.fromarray((np.arange(300, dtype=np.uint16).reshape(15, 20) * 200)).save(src / "deep.png")
+    Image.new("RGB", (9, 7), (1, 2, 3)).save(src / "photo.jpg", quality=95)
+    out = tmp_path / "out"
+    code, stdout, err = run(["upscale", src, "-o", out, "--model", x2_model, "--quiet"], capsys)
+    assert code == 0, err
+    gray = Image.open(out / "gray_x2.png")
+    assert gray.mode == "L" and gray.size == (80, 60)
+    alpha = Image.open(out / "sub" / "alpha_x2.png")
+    assert alpha.mode == "RGBA" and alpha.size == (40, 20)
+    assert np.asarray(alpha)[:, :, 3].min() == 128
+    deep = np.asarray(Image.open(out / "deep_x2.png"))
+    assert deep.dtype.itemsize == 2 and deep.shape == (30, 40) and deep.max() > 255
+    assert Image.open(out / "photo_x2.png").size == (18, 14)
+    before = (out / "gray_x2.png").read_bytes()
+    code, _, err = run(["upscale", src, "-o", out, "--model", x2_model, "--quiet"], capsys)
+    assert code == 1 and "already exists; pass --overwrite" in err and err.count("\n") == 1
+    assert (out / "gray_x2.png").read_bytes() == before
+    code, _, err = run(["upscale", src, "-o", out, "--model", x2_model, "--quiet", "--overwrite"], capsys)
+    assert code == 0, err
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_single_output_file_name(tmp_path, mdsr_model, capsys):
+    dst = tmp_path / "big.png"
+    code, _, err = run(
+        ["upscale", DATA / "Set5/HR/butterfly.png", "-o", dst, "--model", mdsr_model, "--scale", "3", "--quiet"],
+        capsys,
+    )
+    assert code == 0, err
+    assert Image.open(dst).size == (768, 768)
+
+
+def _bad_inputs(tmp_path):
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "notes.png").write_text("not an image")
+    good = (DATA / "Set5/HR/bird.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 3])
+    (tmp_path / "zero.png").write_bytes(b"")
+    torch.save({"conv1.weight": torch.zeros(2, 3, 3, 3)}, tmp_path / "resnet.pt")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", "no such file"),
+        ("empty_dir", "no images"),
+        ("notes.png", "notes.png"),
+        ("truncated.png", "truncated.png"),
+        ("zero.png", "zero.png"),
+        ("scale", "x2 model; it cannot upscale x3"),
+        ("checkpoint", "not an EDSR/MDSR checkpoint"),
+        ("no_checkpoint", "does not exist"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, x2_model, capsys, case, expected):
+    d = _bad_inputs(tmp_path)
+    inp, model, extra = d / case, x2_model, []
+    if case == "missing":
+        inp = d / "nothing_here.png"
+    elif case == "scale":
+        inp, extra = DATA / "Set5/HR/bird.png", ["--scale", "3"]
+    elif case == "checkpoint":
+        inp, model = DATA / "Set5/HR/bird.png", d / "resnet.pt"
+    elif case == "no_checkpoint":
+        inp, model = DATA / "Set5/HR/bird.png", d / "nope.pt"
+    code, _, err = run(["upscale", inp, "-o", d / "out", "--model", model, "--quiet", *extra], capsys)
+    assert code != 0
+    assert expected in err
+    assert err.startswith("edsr: error: ") and err.count("\n") == 1, err
+    assert not (d / "out").exists() or not any((d / "out").rglob("*"))
+
+
+def test_decompression_bomb_message(tmp_path, x2_model, capsys, monkeypatch):
+    monkeypatch.setenv("EDSR_MAX_IMAGE_PIXELS", "1000")
+    code, _, err = run(["upscale", DATA / "Set5/HR/bird.png", "-o", tmp_path, "--model", x2_model, "--quiet"], capsys)
+    assert code == 1 and "EDSR_MAX_IMAGE_PIXELS" in err and err.count("\n") == 1
+
+
+def test_bad_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["upscale", "x.png", "-o", "out", "--model", "m.pt", "--scale", "-2"])
+    assert e.value.code == 2
+    assert "positive" in capsys.readouterr().err
+
+
+def test_eval_bicubic_json(tmp_path, capsys):
+    dst = tmp_path / "r.json"
+    code, out, err = run(["eval", "--model", "bicubic", "--data", DATA / "Set5", "--scale", "2", "4", "--json", dst, "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads(dst.read_text())
+    cells = {(r["dataset"], r["scale"]): r for r in report["results"]}
+    assert set(cells) == {("Set5", 2), ("Set5", 4)}
+    assert abs(cells["Set5", 2]["psnr"] - 33.66) < 0.03 and cells["Set5", 2]["images"] == 5
+    assert len(cells["Set5", 4]["per_image"]) == 5
+    assert "Set5" in out and "Y, shave 2" in out
+
+
+def test_eval_mdsr_every_scale_and_save_images(tmp_path, mdsr_model, capsys):
+    code, out, err = run(
+        ["eval", "--model", mdsr_model, "--data", DATA / "Set5", "--scale", "2", "3", "4", "--save-images", tmp_path, "--quiet"],
+        capsys,
+    )
+    assert code == 0, err
+    for s in (2, 3, 4):
+        saved = Image.open(tmp_path / "Set5" / f"x{s}" / f"bird_x{s}.png")
+        assert saved.size == (288 // s * s, 288 // s * s)
+
+
+def test_eval_errors(tmp_path, x2_model, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(["eval", "--model", "bicubic", "--data", tmp_path / "empty", "--scale", "2"], capsys)
+    assert code == 1 and "no images" in err
+    code, _, err = run(["eval", "--model", "bicubic", "--data", tmp_path / "missing", "--scale", "2"], capsys)
+    assert code == 1 and "does not exist" in err
+    code, _, err = run(["eval", "--model", x2_model, "--data", DATA / "Set5", "--scale", "4"], capsys)
+    assert code == 1 and "cannot be evaluated at x4" in err
+    bench = tmp_path / "Bench"
+    (bench / "HR").mkdir(parents=True)
+    (bench / "LR_bicubic" / "X2").mkdir(parents=True)
+    Image.new("RGB", (20, 16)).save(bench / "HR" / "a.png")
+    Image.new("RGB", (9, 8)).save(bench / "LR_bicubic" / "X2" / "ax2.png")
+    code, _, err = run(["eval", "--model", "bicubic", "--data", bench, "--scale", "2", "--quiet"], capsys)
+    assert code == 1 and "ax2.png is 9x8" in err and "needs 10x8" in err
