@@ -108,6 +108,170 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train EDSR or MDSR with the paper's recipe",
+        description="Train with the paper's recipe (L1, Adam 1e-4 halved every 2e5 updates, "
+        "48x48 LR patches, batch 16). Values come from the preset's recipe, then --config, "
+        "then flags. Under torchrun every process trains one shard of each batch.",
+    )
+    p.add_argument("--preset", help="edsr-baseline, edsr, mdsr-baseline or mdsr")
+    p.add_argument("--scale", nargs="+", type=_positive_int, dest="scales", help="scale(s); MDSR takes several")
+    p.add_argument("--train", nargs="+", help="training folders (DIV2K, HR/ benchmark layout, or flat)")
+    p.add_argument("--val", help="validation set folder (PSNR/SSIM every --val-every iterations)")
+    p.add_argument("--out", help="run directory (default runs/<preset>-x<scale>)")
+    p.add_argument("--iters", type=_positive_int, help="total iterations")
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size (split over processes)")
+    p.add_argument("--patch-size", type=_positive_int, help="LR patch size (HR = patch x scale)")
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--lr-decay-every", type=_positive_int, help="halve the learning rate every N updates")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], help="default auto")
+    p.add_argument("--init-from", help="trained model to start from (all but the upsampler)")
+    p.add_argument("--val-every", type=_positive_int, help="validate every N iterations")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="save a checkpoint every N iterations")
+    p.add_argument("--log-every", type=_positive_int, help="log loss every N iterations")
+    p.add_argument("--workers", type=int, help="data loader processes (default 0: patches are cheap)")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--on-bad-image", choices=["skip", "fail"], help="unreadable training images")
+    p.add_argument("--cache-dir", help="where decoded images are cached")
+    p.add_argument("--config", help="TOML file with config keys (see a run's config.toml)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from edsr.config import resolve
+    from edsr.train import train
+
+    if args.resume:
+        train(resume=args.resume, iters=args.iters, progress=not args.quiet)
+        return 0
+    flags = {
+        "train": args.train,
+        "val": args.val,
+        "out": args.out,
+        "iters": args.iters,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "lr": args.lr,
+        "lr_decay_every": args.lr_decay_every,
+        "precision": args.precision,
+        "init_from": args.init_from,
+        "val_every": args.val_every,
+        "checkpoint_every": args.checkpoint_every,
+        "log_every": args.log_every,
+        "workers": args.workers,
+        "seed": args.seed,
+        "on_bad_image": args.on_bad_image,
+        "cache_dir": args.cache_dir,
+    }
+    cfg = resolve(args.preset, args.scales, args.config, flags)
+    train(cfg, overwrite=args.overwrite, progress=not args.quiet)
+    return 0
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "weights",
+        help="list, download and import pretrained weights",
+        description="The registry of known weights: each name can be given to --model, which "
+        "downloads it (hash-checked) into the cache ($EDSR_HOME, else the platform cache folder).",
+    )
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    ls = wsub.add_parser("list", help="table of the known weights")
+    ls.add_argument("--json", action="store_true", help="print every entry as JSON")
+    ls.set_defaults(func=_run_weights_list)
+    info = wsub.add_parser("info", help="every detail of one entry, and where its file is")
+    info.add_argument("name", help="registry name, e.g. edsr-baseline-x2")
+    info.set_defaults(func=_run_weights_info)
+    dl = wsub.add_parser("download", help="download and verify weights into the cache")
+    dl.add_argument("names", nargs="*", metavar="NAME", help="registry names")
+    dl.add_argument("--all", action="store_true", help="every entry")
+    dl.add_argument("--force", action="store_true", help="download again even if cached")
+    dl.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds without data before an address fails"
+    )
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    dl.set_defaults(func=_run_weights_download)
+    imp = wsub.add_parser(
+        "import",
+        help="convert a checkpoint to this project's safetensors",
+        description="Convert any accepted checkpoint (official .pt, wrapped dicts, BasicSR, "
+        "safetensors) or a registry name to self-describing safetensors.",
+    )
+    imp.add_argument("file", help="checkpoint file or registry name")
+    imp.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    imp.add_argument("--res-scale", type=float, help="residual scaling, if not the paper's")
+    imp.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_run_weights_import)
+
+
+def _run_weights_list(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from edsr.weights import is_cached, list_entries
+    from edsr.weights.registry import format_table
+
+    entries = list_entries()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return 0
+    local = {e.name: ("bundled" if e.bundled else "cached") for e in entries if is_cached(e)}
+    print(format_table(entries, local=local))
+    return 0
+
+
+def _run_weights_info(args: argparse.Namespace) -> int:
+    from edsr.weights import get_entry, is_cached, weights_path
+    from edsr.weights.registry import describe
+
+    entry = get_entry(args.name)
+    print(describe(entry))
+    state = "present and verified" if is_cached(entry) else "not downloaded"
+    print(f"{'local file:':<13}{weights_path(entry)} ({state})")
+    return 0
+
+
+def _run_weights_download(args: argparse.Namespace) -> int:
+    from edsr.weights import download_weights, get_entry, list_entries
+
+    if args.all == bool(args.names):
+        raise EdsrError("give weights names or --all (see 'edsr weights list')")
+    entries = list_entries() if args.all else [get_entry(n) for n in args.names]
+    for entry in entries:
+        path = download_weights(
+            entry, force=args.force, progress=not args.quiet, timeout=args.timeout
+        )
+        print(f"{entry.name}: {path}")
+    return 0
+
+
+def _run_weights_import(args: argparse.Namespace) -> int:
+    import torch
+
+    from edsr.weights import import_checkpoint
+
+    path, config = import_checkpoint(
+        args.file,
+        args.output,
+        overwrite=args.overwrite,
+        res_scale=args.res_scale,
+        dtype=torch.float16 if args.fp16 else None,
+        progress=not args.quiet,
+    )
+    scales = "/".join(f"x{s}" for s in config.get("scales", [config.get("scale")]))
+    res = f", res_scale {config['res_scale']}" if "res_scale" in config else ""
+    arch = f"{config['arch'].upper()} {config['n_resblocks']}x{config['n_feats']}"
+    print(f"wrote {path} ({arch}, {scales}{res})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edsr", description="EDSR and MDSR super-resolution: upscale, evaluate, train."
@@ -116,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_upscale(sub)
     _add_eval(sub)
+    _add_weights(sub)
+    _add_train(sub)
     return parser
 
 

@@ -1,0 +1,55 @@
+"""Regenerate the README's model table from the weights registry.
+
+    python scripts/readme_models.py           # rewrite README.md between the markers
+    python scripts/readme_models.py --check   # exit 1 if README.md is out of date (tests use it)
+
+The table lives between ``<!-- models:start -->`` and ``<!-- models:end -->``; everything
+outside the markers is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edsr.fileio import atomic_write
+from edsr.weights.registry import readme_table
+
+START = "<!-- models:start -->"
+END = "<!-- models:end -->"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def render(text: str, table: str | None = None) -> str:
+    """``text`` with the part between the markers replaced by the registry's table."""
+    table = readme_table() if table is None else table
+    try:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+    except ValueError:
+        raise SystemExit(f"README has no {START} ... {END} markers") from None
+    return f"{head}{START}\n{table}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="only check; exit 1 if out of date")
+    p.add_argument("--readme", type=Path, default=README, help="README file (default: the repo's)")
+    args = p.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    new = render(text)
+    if new == text:
+        print(f"{args.readme}: model table up to date")
+        return 0
+    if args.check:
+        print(f"{args.readme}: model table out of date; run python scripts/readme_models.py")
+        return 1
+    with atomic_write(args.readme, overwrite=True) as tmp:
+        tmp.write_text(new, encoding="utf-8")
+    print(f"{args.readme}: model table rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

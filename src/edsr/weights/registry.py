@@ -1,0 +1,439 @@
+"""The weights registry: every known weight set, with its settings, addresses, hash and numbers.
+
+One frozen :class:`WeightsEntry` per file. It carries everything a checkpoint cannot say about
+itself (above all ``res_scale``, which no tensor shape reveals), where to fetch it, how to
+check it, and what it scores under which protocol. ``edsr weights list``, ``--model NAME`` and
+the README's model table (``scripts/readme_models.py``) are all generated from here.
+
+Adding the bundled model later (issue 6, part 3): put the file under ``src/edsr/assets/``,
+then add an entry with ``bundled="<file name>"``, ``urls=()``, the full ``sha256``,
+``source="trained here"``, a :class:`Training` record (exact command, iterations, wall time,
+hardware) and ``metrics=metrics_from_eval_json(ASSETS / "<eval>.json")`` so that the numbers
+come from an ``edsr eval --json`` file rather than being typed by hand.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edsr.errors import EdsrError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+PROTOCOL_DIV2K = "DIV2K 801-900, RGB, shave scale+6"
+PROTOCOL_BENCHMARK = "Y (BT.601), shave scale"
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured or published number, with the protocol it was measured under."""
+
+    dataset: str  # "DIV2K-val", "Set5", "Set14", "B100", "Urban100", ...
+    scale: int
+    psnr: float
+    ssim: float | None = None
+    protocol: str = PROTOCOL_BENCHMARK
+    # "published": copied from the authors (paper or release notes), not re-measured here;
+    # "measured": produced by ``edsr eval --json`` in this project.
+    kind: str = "published"
+    self_ensemble: bool = False
+    reference: str = ""
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a "trained here" weight set was made, precisely enough to run it again."""
+
+    command: str
+    iterations: int
+    wall_time_s: float
+    hardware: str
+    data: str = ""
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One weight set: architecture, every hyperparameter, where to get it and how to check it."""
+
+    name: str
+    arch: str  # "edsr" or "mdsr"
+    scales: tuple[int, ...]  # one scale for EDSR; the branches, in order, for MDSR
+    n_resblocks: int
+    n_feats: int
+    res_scale: float
+    filename: str  # name in the cache (the official name, hash suffix included)
+    sha256: str  # full hex digest, or its leading hex digits (8 at least) where only that is known
+    parameters: int  # trainable parameters (MeanShift constants excluded), as in the spec's table
+    license: str
+    source: str  # "official" or "trained here"
+    urls: tuple[str, ...] = ()  # tried in order
+    size: int | None = None  # bytes, when known
+    n_colors: int = 3
+    rgb_range: float = 255.0
+    metrics: tuple[Metric, ...] = ()
+    description: str = ""
+    bundled: str | None = None  # file name under src/edsr/assets/ when it ships in the package
+    training: Training | None = None
+    aliases: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Entries are hand-written; catch a typo at import time rather than at download time.
+        if self.arch not in ("edsr", "mdsr"):
+            raise ValueError(f"{self.name}: arch must be 'edsr' or 'mdsr', not {self.arch!r}")
+        if self.arch == "edsr" and len(self.scales) != 1:
+            raise ValueError(f"{self.name}: an EDSR entry has exactly one scale")
+        if self.arch == "mdsr" and self.res_scale != 1.0:
+            raise ValueError(f"{self.name}: MDSR has no residual scaling; res_scale must be 1.0")
+        if not (8 <= len(self.sha256) <= 64 and _HEX.match(self.sha256)):
+            raise ValueError(f"{self.name}: sha256 must be 8 to 64 lowercase hex digits")
+        if self.source not in ("official", "trained here"):
+            raise ValueError(f"{self.name}: source must be 'official' or 'trained here'")
+        if self.source == "trained here" and self.training is None:
+            raise ValueError(f"{self.name}: a 'trained here' entry needs its Training record")
+        if not self.urls and self.bundled is None:
+            raise ValueError(f"{self.name}: give download urls or a bundled file")
+
+    @property
+    def full_hash(self) -> bool:
+        return len(self.sha256) == 64
+
+    @property
+    def scale(self) -> int | None:
+        """The only scale of an EDSR entry; None for multi-scale MDSR."""
+        return self.scales[0] if self.arch == "edsr" else None
+
+    def config(self) -> dict:
+        """The model config (as ``model.config()`` returns it) the weights belong to."""
+        cfg: dict = {"arch": self.arch}
+        if self.arch == "edsr":
+            cfg["scale"] = self.scales[0]
+        else:
+            cfg["scales"] = list(self.scales)
+        cfg.update(n_resblocks=self.n_resblocks, n_feats=self.n_feats)
+        if self.arch == "edsr":
+            cfg["res_scale"] = self.res_scale
+        cfg.update(n_colors=self.n_colors, rgb_range=self.rgb_range)
+        return cfg
+
+    def metric(self, dataset: str, scale: int, *, self_ensemble: bool = False) -> Metric | None:
+        for m in self.metrics:
+            if m.dataset == dataset and m.scale == scale and m.self_ensemble == self_ensemble:
+                return m
+        return None
+
+
+def metrics_from_eval_json(
+    path: str | os.PathLike, *, kind: str = "measured", self_ensemble: bool | None = None
+) -> tuple[Metric, ...]:
+    """Read the rows of an ``edsr eval --json`` report as registry metrics.
+
+    The protocol string is rebuilt from each row's own protocol record, so the registry states
+    exactly what was measured. ``self_ensemble`` overrides what the report says, for reports
+    written before the report recorded it.
+    """
+    report = json.loads(Path(path).read_text())
+    out = []
+    for r in report["results"]:
+        p = r.get("protocol", {})
+        channel = "Y (BT.601)" if p.get("y_channel", True) else "RGB"
+        proto = f"{channel}, shave {p.get('shave', r['scale'])}"
+        if p.get("gray_as_rgb"):
+            proto += ", gray as RGB"
+        ens = r.get("self_ensemble", report.get("self_ensemble", False))
+        out.append(
+            Metric(
+                dataset=r["dataset"],
+                scale=int(r["scale"]),
+                psnr=round(float(r["psnr"]), 4),
+                ssim=round(float(r["ssim"]), 4) if r.get("ssim") is not None else None,
+                protocol=proto,
+                kind=kind,
+                self_ensemble=bool(ens if self_ensemble is None else self_ensemble),
+                reference=Path(path).name,
+            )
+        )
+    return tuple(out)
+
+
+# --- the official checkpoints -------------------------------------------------------------
+
+_SNU = "https://cv.snu.ac.kr/research/EDSR/models/"
+# Mirror of the six EDSR files in torchSR's GitHub release v1.0.3. The addresses are verified
+# against torchSR's own source (torchsr/models/edsr.py, its `url` table), read through the
+# code index; nothing was downloaded from them (this machine has no internet). The spec says
+# they hold the same keys. They are checked against the same official hash: if torchSR
+# re-saved the files (new bytes), the check rejects them and the next address is tried, so a
+# file is never trusted without a hash. No mirror of the two MDSR files is known.
+_TORCHSR = "https://github.com/Coloquinte/torchSR/releases/download/v1.0.3/"
+_LICENSE = "MIT (EDSR-PyTorch)"
+_REF_DIV2K = "authors' release (EDSR-PyTorch), public checkpoints"
+_REF_PAPER = "paper (Lim et al. 2017), Set5"
+
+# Official DIV2K-validation PSNR of the public checkpoints, and the paper's Set5 numbers,
+# both from EDSR_SPEC.md section 3. Only EDSR and MDSR have published Set5 numbers there.
+_DIV2K = {
+    "edsr-baseline": (34.61, 30.92, 28.95),
+    "edsr": (35.03, 31.26, 29.25),
+    "mdsr-baseline": (34.63, 30.94, 28.97),
+    "mdsr": (34.92, 31.22, 29.24),
+}
+_SET5 = {"edsr": (38.11, 34.65, 32.46), "mdsr": (38.11, 34.66, 32.50)}
+
+
+def _published(family: str, scales: Iterable[int]) -> tuple[Metric, ...]:
+    out = []
+    for s in scales:
+        out.append(
+            Metric(
+                "DIV2K-val",
+                s,
+                _DIV2K[family][s - 2],
+                None,
+                PROTOCOL_DIV2K,
+                "published",
+                reference=_REF_DIV2K,
+            )
+        )
+    for s in scales:
+        if family in _SET5:
+            out.append(
+                Metric(
+                    "Set5",
+                    s,
+                    _SET5[family][s - 2],
+                    None,
+                    PROTOCOL_BENCHMARK,
+                    "published",
+                    reference=_REF_PAPER,
+                )
+            )
+    return tuple(out)
+
+
+def _official_edsr(scale: int, baseline: bool, file_hash: str, parameters: int) -> WeightsEntry:
+    family = "edsr-baseline" if baseline else "edsr"
+    stem = f"edsr_baseline_x{scale}" if baseline else f"edsr_x{scale}"
+    filename = f"{stem}-{file_hash}.pt"
+    mirror = f"edsr64_x{scale}.pt" if baseline else f"edsr_x{scale}.pt"
+    blocks, feats, res = (16, 64, 1.0) if baseline else (32, 256, 0.1)
+    return WeightsEntry(
+        name=f"{family}-x{scale}",
+        arch="edsr",
+        scales=(scale,),
+        n_resblocks=blocks,
+        n_feats=feats,
+        res_scale=res,
+        filename=filename,
+        sha256=file_hash,
+        parameters=parameters,
+        license=_LICENSE,
+        source="official",
+        urls=(_SNU + filename, _TORCHSR + mirror),
+        metrics=_published(family, (scale,)),
+        description=f"EDSR{' baseline' if baseline else ''} x{scale}, {blocks}x{feats}"
+        + ("" if baseline else ", res_scale 0.1"),
+        aliases=(stem,),
+    )
+
+
+def _official_mdsr(baseline: bool, file_hash: str, parameters: int) -> WeightsEntry:
+    stem = "mdsr_baseline" if baseline else "mdsr"
+    filename = f"{stem}-{file_hash}.pt"
+    blocks = 16 if baseline else 80
+    return WeightsEntry(
+        name="mdsr-baseline" if baseline else "mdsr",
+        arch="mdsr",
+        scales=(2, 3, 4),
+        n_resblocks=blocks,
+        n_feats=64,
+        res_scale=1.0,
+        filename=filename,
+        sha256=file_hash,
+        parameters=parameters,
+        license=_LICENSE,
+        source="official",
+        urls=(_SNU + filename,),
+        metrics=_published("mdsr-baseline" if baseline else "mdsr", (2, 3, 4)),
+        description=f"MDSR{' baseline' if baseline else ''}, x2/x3/x4 in one, {blocks}x64",
+        aliases=(stem,),
+    )
+
+
+_BUILTIN: tuple[WeightsEntry, ...] = (
+    _official_edsr(2, True, "1bc95232", 1_369_859),
+    _official_edsr(3, True, "abf2a44e", 1_554_499),
+    _official_edsr(4, True, "6b446fab", 1_517_571),
+    _official_edsr(2, False, "0edfb8a3", 40_729_603),
+    _official_edsr(3, False, "ea3ef2c6", 43_680_003),
+    _official_edsr(4, False, "4f62e9ef", 43_089_923),
+    _official_mdsr(True, "a00cab12", 3_227_203),
+    _official_mdsr(False, "4a78bedf", 7_953_987),
+)
+
+#: name -> entry, in display order. Mutable on purpose: :func:`register` adds entries (tests,
+#: or a user's own weights) without editing this file.
+REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _BUILTIN}
+
+
+def register(entry: WeightsEntry, *, replace: bool = False) -> WeightsEntry:
+    """Add ``entry`` so that ``--model NAME`` and ``edsr weights`` know it."""
+    if entry.name in REGISTRY and not replace:
+        raise EdsrError(f"a weights entry named {entry.name!r} already exists")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def _key(text: str) -> str:
+    return text.strip().lower().replace("_", "-")
+
+
+def find_entry(name: str) -> WeightsEntry | None:
+    """The entry called ``name`` (case and ``_``/``-`` ignored), or whose file name it is."""
+    k = _key(name)
+    for e in REGISTRY.values():
+        if k == _key(e.name) or k == _key(e.filename) or k in (_key(a) for a in e.aliases):
+            return e
+    return None
+
+
+def get_entry(name: str | WeightsEntry) -> WeightsEntry:
+    """Like :func:`find_entry`, but an unknown name is a user error naming the close matches."""
+    if isinstance(name, WeightsEntry):
+        return name
+    entry = find_entry(name)
+    if entry is None:
+        close = difflib.get_close_matches(_key(name), list(REGISTRY), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        known = ", ".join(REGISTRY)
+        raise EdsrError(f"unknown weights {name!r}; {hint}known: {known} (see 'edsr weights list')")
+    return entry
+
+
+def list_entries() -> list[WeightsEntry]:
+    return list(REGISTRY.values())
+
+
+# --- tables --------------------------------------------------------------------------------
+
+
+def _scales_text(e: WeightsEntry) -> str:
+    return "/".join(f"x{s}" for s in e.scales)
+
+
+def _metric_text(e: WeightsEntry, dataset: str) -> str:
+    vals = [e.metric(dataset, s) for s in e.scales]
+    if not any(vals):
+        return "-"
+    return " / ".join(f"{m.psnr:.2f}" if m else "-" for m in vals)
+
+
+def _size_text(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def format_table(
+    entries: Iterable[WeightsEntry] | None = None, *, local: Mapping[str, str] | None = None
+) -> str:
+    """The plain-text table ``edsr weights list`` prints; ``local`` adds a column (name -> text)."""
+    entries = list(REGISTRY.values()) if entries is None else list(entries)
+    head = ["name", "arch", "scales", "BxF", "res_scale", "params", "size", "source", "DIV2K PSNR"]
+    if local is not None:
+        head.append("local")
+    rows = [head]
+    for e in entries:
+        row = [
+            e.name,
+            e.arch,
+            _scales_text(e),
+            f"{e.n_resblocks}x{e.n_feats}",
+            f"{e.res_scale:.1f}",
+            f"{e.parameters / 1e6:.2f}M",
+            _size_text(e.size),
+            e.source,
+            _metric_text(e, "DIV2K-val"),
+        ]
+        if local is not None:
+            row.append(local.get(e.name, "-"))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(f"DIV2K PSNR: published, {PROTOCOL_DIV2K}; 'edsr weights info NAME' for the rest")
+    return "\n".join(lines)
+
+
+def readme_table(entries: Iterable[WeightsEntry] | None = None) -> str:
+    """The Markdown table between the README's ``<!-- models:start/end -->`` markers."""
+    entries = list(REGISTRY.values()) if entries is None else list(entries)
+    lines = [
+        "| `--model` | architecture | res_scale | parameters | DIV2K-val PSNR | Set5 PSNR "
+        "| source | license |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        arch = f"{e.arch.upper()} {e.n_resblocks}x{e.n_feats}, {_scales_text(e)}"
+        source = e.source
+        if e.training is not None:
+            source += f" ({e.training.iterations:,} it)"
+        psnr = f"{_metric_text(e, 'DIV2K-val')} | {_metric_text(e, 'Set5')}"
+        lines.append(
+            f"| `{e.name}` | {arch} | {e.res_scale:.1f} | {e.parameters:,} | {psnr} "
+            f"| {source} | {e.license} |"
+        )
+    lines.append("")
+    lines.append(
+        f"PSNR in dB, x2 / x3 / x4. DIV2K-val: {PROTOCOL_DIV2K}; Set5: {PROTOCOL_BENCHMARK}. "
+        "Official entries show the authors' published numbers (Set5: the paper's, for EDSR and "
+        "MDSR), not re-measured here; entries trained here show `edsr eval --json` results. "
+        "Generated from `edsr.weights.registry` by `python scripts/readme_models.py`."
+    )
+    return "\n".join(lines)
+
+
+def describe(entry: WeightsEntry) -> str:
+    """Every field of ``entry`` as ``edsr weights info`` prints it."""
+    e = entry
+    lines = [
+        f"name:        {e.name}" + (f" (also {', '.join(e.aliases)})" if e.aliases else ""),
+        f"description: {e.description}" if e.description else "",
+        f"config:      {json.dumps(e.config())}",
+        f"parameters:  {e.parameters:,}",
+        f"file:        {e.filename}" + (f" (bundled: assets/{e.bundled})" if e.bundled else ""),
+        f"size:        {'unknown' if e.size is None else f'{e.size:,} bytes'}",
+        f"sha256:      {e.sha256}"
+        + ("" if e.full_hash else " (leading digits; the full digest must start with them)"),
+        f"license:     {e.license}",
+        f"source:      {e.source}",
+    ]
+    if e.training is not None:
+        t = e.training
+        lines += [
+            f"command:     {t.command}",
+            f"iterations:  {t.iterations:,}",
+            f"wall time:   {t.wall_time_s / 3600:.2f} h",
+            f"hardware:    {t.hardware}",
+        ]
+        if t.data:
+            lines.append(f"data:        {t.data}")
+    for i, u in enumerate(e.urls):
+        lines.append(f"{'urls:' if i == 0 else '':<13}{u}")
+    for m in e.metrics:
+        ssim = f" / {m.ssim:.4f}" if m.ssim is not None else ""
+        ens = " (self-ensemble)" if m.self_ensemble else ""
+        lines.append(
+            f"{'metrics:' if m is e.metrics[0] else '':<13}{m.dataset} x{m.scale}{ens}: "
+            f"{m.psnr:.2f} dB{ssim}  [{m.kind}; {m.protocol}]"
+        )
+    return "\n".join(line for line in lines if line)
