@@ -1,0 +1,183 @@
+"""Training configuration: one typed dataclass, the paper's recipes, TOML files and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edsr.errors import EdsrError
+from edsr.fileio import atomic_write
+from edsr.models import PRESETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.toml`` beside the run."""
+
+    preset: str = "edsr-baseline"
+    scales: list[int] = field(default_factory=lambda: [2])
+    train: list[str] = field(default_factory=list)
+    val: str | None = None
+    out: str = "runs/edsr-baseline-x2"
+    iters: int = 300_000
+    batch_size: int = 16  # global: split over data-parallel ranks
+    patch_size: int = 48  # LR patch; the HR patch is patch_size * scale
+    lr: float = 1e-4
+    lr_decay_every: int = 200_000
+    lr_decay_factor: float = 0.5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto
+    channels_last: bool = True
+    init_from: str | None = None
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    workers: int = 0
+    spike_factor: float = 10.0  # skip a batch whose loss exceeds this times the running mean
+    on_bad_image: str = "skip"  # skip | fail
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise EdsrError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if not self.scales:
+            raise EdsrError("give at least one scale")
+        if PRESETS[self.preset].arch == "edsr" and len(self.scales) != 1:
+            raise EdsrError(f"{self.preset} is single-scale: give one --scale (MDSR presets take several)")
+        for s in self.scales:
+            if s not in (2, 3, 4, 8):
+                raise EdsrError(f"scale {s} is not supported; use 2, 3, 4 or 8")
+        if not self.train:
+            raise EdsrError("no training data: give --train DIR")
+        for name in ("iters", "batch_size", "patch_size", "lr_decay_every", "val_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise EdsrError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise EdsrError(f"learning rate must be positive, got {self.lr}")
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise EdsrError(f"precision must be fp32, bf16, fp16 or auto, not {self.precision!r}")
+        if self.on_bad_image not in ("skip", "fail"):
+            raise EdsrError(f"on_bad_image must be 'skip' or 'fail', not {self.on_bad_image!r}")
+        if self.workers < 0:
+            raise EdsrError(f"workers must be 0 or more, got {self.workers}")
+
+
+def recipe(preset: str, scales: list[int] | None = None) -> TrainConfig:
+    """The paper's recipe for a preset (section 2 of the spec): L1, Adam 1e-4 halved every 2e5."""
+    if preset not in PRESETS:
+        raise EdsrError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if scales is None:
+        scales = [2, 3, 4] if PRESETS[preset].arch == "mdsr" else [2]
+    tag = preset if PRESETS[preset].arch == "mdsr" else f"{preset}-x{scales[0]}"
+    return TrainConfig(preset=preset, scales=list(scales), out=f"runs/{tag}")
+
+
+def _coerce(name: str, value: object, hint: object) -> object:
+    """Check a TOML/flag value against the dataclass field's type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(name, value, next(a for a in args if a is not type(None)))
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(name, v, args[0]) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise EdsrError(f"config key {name!r}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def apply_overrides(cfg: TrainConfig, values: dict, *, source: str) -> TrainConfig:
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise EdsrError(f"unknown config key(s) in {source}: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    updates = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    return dataclasses.replace(cfg, **updates)
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise EdsrError(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise EdsrError(f"{p} is not valid TOML: {e}") from None
+    # A [train] table is accepted as well as top-level keys.
+    return data.get("train", data) if isinstance(data.get("train"), dict) else data
+
+
+def resolve(preset: str | None, scales: list[int] | None, config_file: str | None, flags: dict) -> TrainConfig:
+    """Recipe of the preset, then the config file, then command-line flags (last wins)."""
+    file_values = read_toml(config_file) if config_file else {}
+    preset = preset or file_values.get("preset") or "edsr-baseline"
+    scales = scales or file_values.get("scales")
+    cfg = recipe(preset, list(scales) if scales else None)
+    cfg = apply_overrides(cfg, file_values, source=str(config_file))
+    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="the command line")
+    cfg.preset = preset
+    if scales:
+        cfg.scales = [int(s) for s in scales]
+    cfg.validate()
+    return cfg
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    lines = ["# Resolved configuration of this run; `edsr train --config` reads it back."]
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is None:
+            lines.append(f"# {f.name} = (not set)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    with atomic_write(path, overwrite=True) as tmp:
+        tmp.write_text(to_toml(cfg))
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    return apply_overrides(TrainConfig(), read_toml(path), source=str(path))

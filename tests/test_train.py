@@ -1,0 +1,241 @@
+"""Training: the recipe's pieces, exact resume after kill -9, DDP equivalence, MDSR branches."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import DATA
+from edsr import EdsrError, build_model, save_model
+from edsr.config import TrainConfig, read_toml, resolve, to_toml
+from edsr.train import learning_rate, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def small_val(tmp_path_factory):
+    """Validation crops of real Set5 images: full Set5 would dominate these tests' time."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("val")
+    (root / "HR").mkdir()
+    for name in ("bird", "head"):
+        Image.open(DATA / "Set5" / "HR" / f"{name}.png").crop((60, 60, 108, 108)).save(root / "HR" / f"{name}.png")
+    return str(root)
+
+
+def tiny_cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        preset="edsr-baseline",
+        scales=[2],
+        train=[str(DATA / "Set5")],
+        out=str(tmp_path / "run"),
+        iters=6,
+        batch_size=4,
+        patch_size=8,
+        val_every=1000,
+        checkpoint_every=3,
+        log_every=1,
+        precision="fp32",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def cli(*args, env=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "edsr", *map(str, args)], capture_output=True, text=True, env=env or ENV)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def flags(cfg: TrainConfig) -> list[str]:
+    return [
+        "--preset", cfg.preset, "--scale", *map(str, cfg.scales), "--train", *cfg.train, "--out", cfg.out,
+        "--iters", str(cfg.iters), "--batch-size", str(cfg.batch_size), "--patch-size", str(cfg.patch_size),
+        "--val-every", str(cfg.val_every), "--checkpoint-every", str(cfg.checkpoint_every), "--log-every", "1",
+        "--precision", cfg.precision, "--cache-dir", cfg.cache_dir, "--lr-decay-every", str(cfg.lr_decay_every),
+        "--quiet",
+    ]  # fmt: skip
+
+
+def test_learning_rate_halves_on_schedule():
+    cfg = TrainConfig(train=["x"], lr=1e-4, lr_decay_every=200_000)
+    assert learning_rate(cfg, 0) == learning_rate(cfg, 199_999) == 1e-4
+    assert learning_rate(cfg, 200_000) == 5e-5 and learning_rate(cfg, 400_000) == 2.5e-5
+
+
+def test_resume_after_kill_9_gives_identical_weights(tmp_path):
+    # The learning rate halves inside the run, so a resume that halved it again would differ.
+    straight = tiny_cfg(tmp_path / "a", lr_decay_every=2)
+    cli("train", *flags(straight))
+    broken = tiny_cfg(tmp_path / "b", lr_decay_every=2)
+    proc = cli("train", *flags(broken), env={**ENV, "EDSR_FAULT_KILL_AFTER_CHECKPOINT": "3"}, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "run" / "model.safetensors").exists()
+    cli("train", "--resume", broken.out, "--quiet")
+    a = load_file(tmp_path / "a" / "run" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "run" / "log.csv"))]
+    assert steps == list(range(1, 7)), "the log continues without gaps or duplicates"
+
+
+def test_damaged_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path, iters=6, checkpoint_every=2)
+    train(cfg, progress=False)
+    states = sorted((tmp_path / "run" / "checkpoints").glob("state-*.pt"))
+    assert [p.name for p in states] == ["state-00000004.pt", "state-00000006.pt"]
+    states[-1].write_bytes(states[-1].read_bytes()[:1000])
+    train(resume=tmp_path / "run", iters=8, progress=False)
+    out = capsys.readouterr().out
+    assert "state-00000006.pt is damaged" in out and "resumed" in out and "at step 4" in out
+
+
+def test_ddp_two_ranks_match_one_process(tmp_path):
+    one = tiny_cfg(tmp_path / "one", iters=3, batch_size=8)
+    cli("train", *flags(one))
+    two = tiny_cfg(tmp_path / "two", iters=3, batch_size=8)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(29500 + os.getpid() % 1000), "-m", "edsr", "train", *flags(two)],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "run" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "run" / "model.safetensors")
+    init = build_model("edsr-baseline", scale=2)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    moved = max((a[k] - init.state_dict()[k]).abs().max().item() for k in a if "mean" not in k)
+    assert worst < 1e-5 < moved, (worst, moved)
+
+
+def test_mdsr_trains_only_the_drawn_branch_and_every_branch_learns(tmp_path, small_val):
+    from edsr.data import PatchDataset
+
+    cfg = tiny_cfg(tmp_path, preset="mdsr-baseline", scales=[2, 3, 4], iters=1, checkpoint_every=1, val_every=1)
+    cfg.val = small_val
+    data = PatchDataset(cfg.train, cfg.scales, patch_size=8, cache_dir=cfg.cache_dir, progress=False)
+    drawn = [data.batch(i, 4, seed=0)[0] for i in range(12)]
+    torch.manual_seed(0)
+    init = build_model("mdsr-baseline").state_dict()
+    train(cfg, progress=False)
+    after1 = load_file(tmp_path / "run" / "model.safetensors")
+    for k, s in enumerate((2, 3, 4)):
+        changed = not torch.equal(after1[f"pre_process.{k}.0.body.0.weight"], init[f"pre_process.{k}.0.body.0.weight"])
+        up_changed = not torch.equal(after1[f"upsample.{k}.0.weight"], init[f"upsample.{k}.0.weight"])
+        assert changed == up_changed == (s == drawn[0]), (s, drawn[0])
+    assert not torch.equal(after1["body.0.body.0.weight"], init["body.0.body.0.weight"])
+    assert set(drawn) == {2, 3, 4}
+    n = max(drawn.index(s) for s in (2, 3, 4)) + 1
+    train(resume=tmp_path / "run", iters=n, progress=False)
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    for k in range(3):
+        assert not torch.equal(final[f"pre_process.{k}.1.body.2.weight"], init[f"pre_process.{k}.1.body.2.weight"])
+        assert not torch.equal(final[f"upsample.{k}.0.weight"], init[f"upsample.{k}.0.weight"])
+    rows = list(csv.DictReader(open(tmp_path / "run" / "val.csv")))
+    assert {r["scale"] for r in rows} == {"2", "3", "4"}
+    assert (tmp_path / "run" / "psnr.png").stat().st_size > 1000 and (tmp_path / "run" / "loss.png").exists()
+
+
+def test_finished_run_feeds_eval_and_upscale(tmp_path, small_val):
+    cfg = tiny_cfg(tmp_path, iters=2, val_every=2)
+    cfg.val = small_val
+    model_path = train(cfg, progress=False)
+    proc = cli("eval", "--model", model_path, "--data", small_val, "--scale", "2", "--quiet")
+    assert "x2" in proc.stdout
+    cli("upscale", DATA / "Set5" / "HR" / "bird.png", "-o", tmp_path / "up", "--model", model_path, "--quiet")
+    assert (tmp_path / "up" / "bird_x2.png").exists()
+    saved = read_toml(tmp_path / "run" / "config.toml")
+    assert saved["iters"] == 2 and saved["preset"] == "edsr-baseline" and saved["val"] == small_val
+
+
+def test_init_from_x2_skips_only_the_upsampler(tmp_path, capsys):
+    x2 = build_model("edsr-baseline", scale=2)
+    save_model(x2, tmp_path / "x2.safetensors")
+    cfg = tiny_cfg(tmp_path, scales=[3], iters=1, lr=1e-12, init_from=str(tmp_path / "x2.safetensors"))
+    train(cfg, progress=False)
+    out = capsys.readouterr().out
+    skipped = [line.split("skipped ", 1)[1] for line in out.splitlines() if line.startswith("  skipped ")]
+    assert [s.split(":")[0] for s in skipped] == ["tail.0.0.weight", "tail.0.0.bias"]
+    assert "upsampler" in skipped[0]
+    got = load_file(tmp_path / "run" / "model.safetensors")
+    assert (got["body.3.body.0.weight"] - x2.state_dict()["body.3.body.0.weight"]).abs().max() < 1e-6
+
+
+def test_nan_loss_batch_is_skipped(tmp_path, monkeypatch, capsys):
+    import edsr.train as T
+
+    real = T.F.l1_loss
+    calls = {"n": 0}
+
+    def flaky(a, b):
+        calls["n"] += 1
+        loss = real(a, b)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(T.F, "l1_loss", flaky)
+    train(tiny_cfg(tmp_path, iters=4, checkpoint_every=4), progress=False)
+    assert "step 1: loss nan" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert rows[-1]["skipped"] == "1"
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_config_file_flags_and_unknown_keys(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('preset = "mdsr-baseline"\nscales = [2, 4]\ntrain = ["a"]\niters = 50\nlr = 2e-4\n')
+    cfg = resolve(None, None, str(f), {"iters": 70})
+    assert cfg.preset == "mdsr-baseline" and cfg.scales == [2, 4] and cfg.iters == 70 and cfg.lr == 2e-4
+    assert cfg.batch_size == 16 and cfg.patch_size == 48 and cfg.lr_decay_every == 200_000
+    (tmp_path / "round.toml").write_text(to_toml(cfg))
+    assert resolve(None, None, str(tmp_path / "round.toml"), {}) == cfg
+    f.write_text('train = ["a"]\nlearning_rate = 1\n')
+    with pytest.raises(EdsrError, match="unknown config key.*learning_rate"):
+        resolve(None, None, str(f), {})
+    f.write_text('train = ["a"]\niters = "many"\n')
+    with pytest.raises(EdsrError, match="iters.*expected int"):
+        resolve(None, None, str(f), {})
+    with pytest.raises(EdsrError, match="single-scale"):
+        resolve("edsr", [2, 3], None, {"train": ["a"]})
+
+
+def test_bad_training_input(tmp_path):
+    (tmp_path / "empty").mkdir()
+    p = cli("train", "--preset", "edsr-baseline", "--scale", "2", "--train", tmp_path / "empty", "--out", tmp_path / "r", "--quiet", check=False)
+    assert p.returncode == 1 and "no training images" in p.stderr and p.stderr.count("\n") == 1
+    p = cli("train", "--scale", "2", "--train", DATA / "Set5", "--val", tmp_path / "missing", "--out", tmp_path / "r", "--quiet", check=False)
+    assert p.returncode == 1 and "validation set" in p.stderr
+    cfg = tiny_cfg(tmp_path, iters=1)
+    train(cfg, progress=False)
+    p = cli("train", *flags(cfg), check=False)
+    assert p.returncode == 1 and "already holds a training run" in p.stderr
+    p = cli("train", "--resume", tmp_path / "nothing", check=False)
+    assert p.returncode == 1 and "not a training run" in p.stderr
+    p = cli("train", "--scale", "2", "--train", DATA / "Set5", "--precision", "fp16", "--out", tmp_path / "r2", "--quiet", check=False)
+    assert p.returncode == 1 and ("fp16 training needs a CUDA GPU" in p.stderr or torch.cuda.is_available())
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    cfg = tiny_cfg(tmp_path, iters=100000, checkpoint_every=100000)
+    proc = subprocess.Popen([sys.executable, "-m", "edsr", "train", *flags(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    log = tmp_path / "run" / "log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in out + err and "--resume" in out + err
+    assert "Traceback" not in err
+    states = list((tmp_path / "run" / "checkpoints").glob("state-*.pt"))
+    assert len(states) == 1 and int(states[0].stem.split("-")[1]) >= 2
