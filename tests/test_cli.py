@@ -51,7 +51,7 @@ def test_upscale_modes_and_no_overwrite(tmp_path, x2_model, capsys):
     (src / "sub").mkdir(parents=True)
     Image.open(DATA / "Set14/HR/bridge.png").crop((0, 0, 40, 30)).save(src / "gray.png")
     Image.new("RGBA", (20, 10), (10, 200, 30, 128)).save(src / "sub" / "alpha.png")
-    Image.fromarray((np.arange(300, dtype=np.uint16).reshape(15, 20) * 200)).save(src / "deep.png")
+    Image.fromarray(np.arange(300, dtype=np.uint16).reshape(15, 20) * 200).save(src / "deep.png")
     Image.new("RGB", (9, 7), (1, 2, 3)).save(src / "photo.jpg", quality=95)
     out = tmp_path / "out"
     code, stdout, err = run(["upscale", src, "-o", out, "--model", x2_model, "--quiet"], capsys)

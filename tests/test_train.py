@@ -85,7 +85,7 @@ def test_resume_after_kill_9_gives_identical_weights(tmp_path):
     a = load_file(tmp_path / "a" / "run" / "model.safetensors")
     b = load_file(tmp_path / "b" / "run" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "run" / "log.csv"))]
+    steps = [int(r["step"]) for r in csv.DictReader((tmp_path / "b" / "run" / "log.csv").read_text().splitlines())]
     assert steps == list(range(1, 7)), "the log continues without gaps or duplicates"
 
 
@@ -141,7 +141,7 @@ def test_mdsr_trains_only_the_drawn_branch_and_every_branch_learns(tmp_path, sma
     for k in range(3):
         assert not torch.equal(final[f"pre_process.{k}.1.body.2.weight"], init[f"pre_process.{k}.1.body.2.weight"])
         assert not torch.equal(final[f"upsample.{k}.0.weight"], init[f"upsample.{k}.0.weight"])
-    rows = list(csv.DictReader(open(tmp_path / "run" / "val.csv")))
+    rows = list(csv.DictReader((tmp_path / "run" / "val.csv").read_text().splitlines()))
     assert {r["scale"] for r in rows} == {"2", "3", "4"}
     assert (tmp_path / "run" / "psnr.png").stat().st_size > 1000 and (tmp_path / "run" / "loss.png").exists()
 
@@ -185,7 +185,7 @@ def test_nan_loss_batch_is_skipped(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(T.F, "l1_loss", flaky)
     train(tiny_cfg(tmp_path, iters=4, checkpoint_every=4), progress=False)
     assert "step 1: loss nan" in capsys.readouterr().out
-    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").read_text().splitlines()))
     assert rows[-1]["skipped"] == "1"
     weights = load_file(tmp_path / "run" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values())

@@ -12,7 +12,7 @@ SMALL = [("edsr-baseline", 2), ("edsr-baseline", 3), ("edsr-baseline", 4), ("mds
 def _randomize(model):
     # Fresh init leaves the upsampler tiny; noisy weights make output comparisons meaningful.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.02)
     return model.eval()

@@ -130,9 +130,8 @@ class ImageCache:
             warnings.warn(f"cache entry for {src.hr.name} (x{scale or 1}) is damaged; rebuilding it", stacklevel=2)
         arr = make()
         self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_write(npy, overwrite=True) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
+        with atomic_write(npy, overwrite=True) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
         info = {"bytes": npy.stat().st_size, "sha256": _sha256(npy), "source": str(src.hr), "scale": scale}
         with atomic_write(meta, overwrite=True) as tmp:
             tmp.write_text(json.dumps(info))

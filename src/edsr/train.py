@@ -23,7 +23,6 @@ import random
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +184,7 @@ def _truncate_csv(path: Path, step: int) -> None:
 def draw_curves(run: Path) -> None:
     def read(name: str) -> list[dict]:
         p = run / name
-        return list(csv.DictReader(open(p, newline=""))) if p.exists() else []
+        return list(csv.DictReader(p.read_text().splitlines())) if p.exists() else []
 
     rows = read("log.csv")
     if rows:
