@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from edsr.errors import EdsrError, ImageError
-from edsr.fileio import atomic_write
+from edsr.fileio import atomic_write, edsr_home, sha256_file
 from edsr.imageio import IMAGE_EXTENSIONS, find_images, read_image
 from edsr.resize import imresize
 
@@ -82,19 +82,8 @@ def find_sources(dirs: Sequence[str | os.PathLike], scales: Sequence[int]) -> li
     return sources
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_cache_dir() -> Path:
-    base = os.environ.get("EDSR_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edsr"
-    )
-    return Path(base) / "data"
+    return edsr_home() / "data"
 
 
 class ImageCache:
@@ -123,7 +112,7 @@ class ImageCache:
         if npy.is_file() and meta.is_file():
             try:
                 info = json.loads(meta.read_text())
-                if npy.stat().st_size == info["bytes"] and _sha256(npy) == info["sha256"]:
+                if npy.stat().st_size == info["bytes"] and sha256_file(npy) == info["sha256"]:
                     return np.load(npy, mmap_mode="r" if mmap else None)
             except (OSError, ValueError, KeyError):
                 pass
@@ -132,7 +121,7 @@ class ImageCache:
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_write(npy, overwrite=True) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-        info = {"bytes": npy.stat().st_size, "sha256": _sha256(npy), "source": str(src.hr), "scale": scale}
+        info = {"bytes": npy.stat().st_size, "sha256": sha256_file(npy), "source": str(src.hr), "scale": scale}
         with atomic_write(meta, overwrite=True) as tmp:
             tmp.write_text(json.dumps(info))
         return np.load(npy, mmap_mode="r") if mmap else arr

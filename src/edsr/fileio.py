@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,3 +51,32 @@ def atomic_write(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def edsr_home() -> Path:
+    """Root of everything this package caches: ``$EDSR_HOME``, else the platform's cache folder.
+
+    Linux: ``$XDG_CACHE_HOME/edsr`` (``~/.cache/edsr``); macOS: ``~/Library/Caches/edsr``;
+    Windows: ``%LOCALAPPDATA%\\edsr``.
+    """
+    env = os.environ.get("EDSR_HOME")
+    if env:
+        return Path(env).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Caches"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        # The XDG spec says relative paths are to be ignored.
+        base = Path(xdg) if xdg and os.path.isabs(xdg) else home / ".cache"
+    return base / "edsr"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

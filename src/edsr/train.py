@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ from edsr.config import TrainConfig, load_config, save_config
 from edsr.data import PatchDataset, batch_loader
 from edsr.errors import EdsrError
 from edsr.evaluate import evaluate
-from edsr.fileio import atomic_write
+from edsr.fileio import atomic_write, sha256_file
 from edsr.models import SRModel, build_model
 from edsr.plot import line_chart
 from edsr.weights import read_checkpoint, save_model
@@ -104,20 +103,12 @@ def init_from(model: SRModel, path: str, rank: int = 0) -> list[str]:
 # Checkpoints
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_state(run: Path, state: dict, step: int, keep: int = 2) -> Path:
     ckdir = run / "checkpoints"
     path = ckdir / f"state-{step:08d}.pt"
     with atomic_write(path, overwrite=True) as tmp:
         torch.save(state, tmp)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     with atomic_write(path.with_suffix(".pt.sha256"), overwrite=True) as tmp:
         tmp.write_text(digest + "\n")
     for old in sorted(ckdir.glob("state-*.pt"))[:-keep]:
@@ -131,7 +122,7 @@ def load_latest_state(run: Path, rank: int = 0) -> dict | None:
     for path in sorted((run / "checkpoints").glob("state-*.pt"), reverse=True):
         try:
             expected = path.with_suffix(".pt.sha256").read_text().strip()
-            if _sha256(path) != expected:
+            if sha256_file(path) != expected:
                 raise ValueError("SHA-256 does not match")
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any damage means: use the previous one

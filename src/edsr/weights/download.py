@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from edsr.errors import CheckpointError, EdsrError
-from edsr.fileio import atomic_write
+from edsr.fileio import atomic_write, edsr_home, sha256_file
 from edsr.models import SRModel
 from edsr.weights.io import load_model, model_from_state_dict, read_checkpoint, save_model
 from edsr.weights.registry import ASSETS, REGISTRY, WeightsEntry, get_entry
@@ -38,24 +38,8 @@ class _FetchFailed(Exception):
 
 
 def cache_dir() -> Path:
-    """Where downloaded weights live: ``$EDSR_HOME/weights``, else the platform's cache folder.
-
-    Linux: ``$XDG_CACHE_HOME/edsr`` (``~/.cache/edsr``); macOS: ``~/Library/Caches/edsr``;
-    Windows: ``%LOCALAPPDATA%\\edsr``; each with a ``weights`` subfolder.
-    """
-    env = os.environ.get("EDSR_HOME")
-    if env:
-        return Path(env).expanduser() / "weights"
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Caches"
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        # The XDG spec says relative paths are to be ignored.
-        base = Path(xdg) if xdg and os.path.isabs(xdg) else home / ".cache"
-    return base / "edsr" / "weights"
+    """Where downloaded weights live: ``edsr_home() / "weights"`` (``$EDSR_HOME`` or the platform cache)."""
+    return edsr_home() / "weights"
 
 
 def weights_path(entry: str | WeightsEntry) -> Path:
@@ -68,14 +52,6 @@ def weights_path(entry: str | WeightsEntry) -> Path:
 
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".sha256.json")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hash_matches(digest: str, expected: str) -> bool:
