@@ -7,9 +7,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from edsr import __version__
 from edsr.errors import EdsrError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, with where to look, instead of the full usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
 def _positive_int(text: str) -> int:
@@ -24,7 +32,7 @@ def _positive_int(text: str) -> int:
 
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upscale", help="upscale images", description="Upscale image files or folders.")
-    p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively)")
+    p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively), or one video file")
     p.add_argument("-o", "--output", required=True, help="output directory, or a file name for one input")
     p.add_argument("--model", required=True, help="checkpoint file (.pt, .pth or .safetensors)")
     p.add_argument("--scale", type=_positive_int, help="upscaling factor (default: the model's only scale)")
@@ -32,6 +40,29 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tile",
+        type=_positive_int,
+        help="process in tiles of N LR pixels (incl. context); default: as large as --max-memory allows",
+    )
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory for the model's work, e.g. 2GB, 512MiB (default: half the free RAM, 80%% of a GPU's)",
+    )
+    p.add_argument("--ensemble", action="store_true", help="self-ensemble (EDSR+/MDSR+): mean of 8 flips/rotations, 8x slower")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        default="auto",
+        help="compute precision (default auto: bf16 on GPUs and CPUs with AMX/AVX-512 BF16, else fp32)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="use torch.compile: about a minute to start; for GPUs and long runs (no gain measured on CPU)",
+    )
+    p.add_argument("--frames", type=_positive_int, help="videos: upscale only the first N frames (a preview)")
     p.set_defaults(func=_run_upscale)
 
 
@@ -41,7 +72,18 @@ def _run_upscale(args: argparse.Namespace) -> int:
 
     model = resolve_model(args.model, scale=args.scale, res_scale=args.res_scale, device=args.device)
     written = upscale_files(
-        args.inputs, args.output, model, args.scale, overwrite=args.overwrite, progress=not args.quiet
+        args.inputs,
+        args.output,
+        model,
+        args.scale,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        tile=args.tile,
+        max_memory=args.max_memory,
+        ensemble=args.ensemble,
+        precision=args.precision,
+        compile=args.compile,
+        frames=args.frames,
     )
     if not args.quiet:
         print(f"wrote {len(written)} image(s) to {args.output}")
@@ -272,16 +314,109 @@ def _run_weights_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX, TorchScript or safetensors",
+        description="Export a checkpoint for other runtimes. ONNX and TorchScript graphs take a float32 "
+        "NCHW RGB image in 0..255 of any height and width and hold ONE scale each: an MDSR model "
+        "with several scales needs --scale (export each scale to its own file). safetensors keeps "
+        "all of an MDSR's scales unless --scale picks one. The export is checked against PyTorch "
+        "on a fresh image size (ONNX only when onnxruntime is installed).",
+    )
+    p.add_argument("model", help="checkpoint file (.pt, .pth or .safetensors)")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"), help="output format")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--scale", type=_positive_int, help="the scale to export (required for a multi-scale MDSR)")
+    p.add_argument("--res-scale", type=float, help="override the residual scaling the checkpoint cannot store")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from edsr.export import export_model, verify_export
+    from edsr.weights import resolve_model
+
+    model = resolve_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
+    path = export_model(model, args.output, args.format, scale=args.scale, overwrite=args.overwrite)
+    diff = verify_export(model, path, args.format, scale=args.scale)
+    if diff is not None and diff > 1e-3:
+        raise EdsrError(f"{path} was written but differs from PyTorch by {diff:.3g} (more than 1e-3)")
+    check = "not checked: onnxruntime is not installed" if diff is None else f"max |diff| vs PyTorch {diff:.1e}"
+    print(f"wrote {path} ({args.format}; {check})")
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="web page and HTTP API for upscaling",
+        description="Serve a web page (drag and drop, before/after slider) and an HTTP API "
+        "(POST /v1/upscale, GET /v1/models, GET /healthz). Models are loaded once and shared; "
+        "at most --workers images are upscaled at once and --queue more wait, the rest get 503.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="checkpoint file or weights name; repeat or comma-separate to serve several "
+        "(default: the bundled model)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (default 20)")
+    p.add_argument(
+        "--max-pixels", type=_positive_int, default=4_000_000, help="largest input image (default 4000000)"
+    )
+    p.add_argument("--workers", type=_positive_int, default=1, help="images upscaled at once (default 1)")
+    p.add_argument("--queue", type=int, default=4, help="requests that may wait for a worker (default 4)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
+    p.add_argument("--max-memory", help="tile working memory per worker, e.g. 2GiB (default: automatic)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--tmp-dir", help="where the server's temporary folder goes (default: system temp)")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from edsr.serve import ServeConfig, serve
+    except ImportError as e:
+        raise EdsrError(
+            f"edsr serve needs the 'serve' extra: pip install 'edsr[serve]' (missing: {e.name})"
+        ) from None
+    if not 0 <= args.port <= 65535:
+        raise EdsrError(f"--port must be 0 to 65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise EdsrError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    config = ServeConfig(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+        queue=args.queue,
+        timeout=args.timeout,
+        max_memory=args.max_memory,
+        tmp_dir=args.tmp_dir,
+    )
+    serve(
+        args.model, host=args.host, port=args.port, config=config, device=args.device,
+        access_log=not args.quiet,
+    )  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edsr", description="EDSR and MDSR super-resolution: upscale, evaluate, train."
     )
     parser.add_argument("--version", action="version", version=f"edsr {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_upscale(sub)
+    _add_export(sub)
     _add_eval(sub)
     _add_weights(sub)
     _add_train(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,13 +60,22 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, di
                 raise CheckpointError(f"checkpoint {path} has a corrupt embedded config") from None
         return normalize_state_dict(sd), config, meta
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before failing; the failure says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"refused to load {path}: it needs arbitrary Python code to unpickle ({first[:160]}); "
-            "if you trust it, re-save only its tensors with torch.save(model.state_dict(), ...)"
-        ) from None
+        text = str(e)
+        if "Weights only load failed" in text:
+            found = re.search(r"Unsupported (?:global|class): (?:GLOBAL )?([\w.]+)", text)
+            found = found or re.search(r"(Unsupported operand \d+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"refused to load {path}: it holds pickled Python objects{what} that only arbitrary "
+                "code could load; if you trust the file, re-save only its tensors with "
+                "torch.save(model.state_dict(), ...)"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch or safetensors file") from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for damaged files
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -134,7 +145,11 @@ def load_model(
     used unless given. ``scale``, when given, must be one the model has.
     """
     sd, config, _ = read_checkpoint(path)
-    model = model_from_state_dict(sd, config=config, res_scale=res_scale, source=str(path))
+    try:
+        model = model_from_state_dict(sd, config=config, res_scale=res_scale, source=str(path))
+    except CheckpointError as e:
+        # Shape detection does not know the file name; the user needs it.
+        raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
     if scale is not None and int(scale) not in model.scales:
         have = ", ".join(f"x{s}" for s in model.scales)
         raise CheckpointError(
