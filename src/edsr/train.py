@@ -330,6 +330,8 @@ def train(
              f"batch {cfg.batch_size} over {world} process(es), device {device}", rank)
     loader = batch_loader(data, step, cfg.iters, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, workers=cfg.workers)
     bar = tqdm(total=cfg.iters, initial=step, desc="train", unit="it", disable=not (progress and rank == 0), dynamic_ncols=True)
+    if step == 0 and state is None:
+        validate(0)  # the starting point, so the curve shows what training gained
     model.train()
     window_loss, window_n, window_t, skipped = 0.0, 0, time.perf_counter(), 0
     # Ctrl-C only sets a flag, acted on between steps, so the checkpoint it triggers never

@@ -1,0 +1,144 @@
+"""Running the app with uvicorn on a socket bound here, so a busy port is a one-line error."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import PIL.Image
+
+from edsr.errors import EdsrError
+from edsr.imageio import MAX_PIXELS_ENV
+from edsr.serve.app import ServeConfig, create_app, load_models
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0 picks a free port)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise EdsrError(f"cannot resolve --host {host!r} ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise EdsrError(
+            f"cannot listen on {host}:{port} ({e.strerror}); is another server using it? "
+            "choose another --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    models: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: ServeConfig | None = None,
+    device: str | None = None,
+    access_log: bool = True,
+) -> None:
+    """Load ``models`` once, then serve the page and API until interrupted."""
+    import uvicorn
+
+    config = config or ServeConfig()
+    if config.max_pixels > (PIL.Image.MAX_IMAGE_PIXELS or 0) and not os.environ.get(MAX_PIXELS_ENV):
+        # read_image() applies Pillow's decompression-bomb limit; --max-pixels is the limit here
+        os.environ[MAX_PIXELS_ENV] = str(config.max_pixels)
+    if is_loopback(host) and config.allowed_hosts is None:
+        config = dataclasses.replace(config, allowed_hosts=LOOPBACK_NAMES)
+    served = load_models(models, device=device)
+    app = create_app(served, config)
+    sock = bind(host, port)
+    real_port = sock.getsockname()[1]
+    shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    names = ", ".join(m.id for m in served)
+    # Printed (and flushed) once the socket listens: scripts wait for this line.
+    print(
+        f"edsr serve: http://{shown}:{real_port}/ (models: {names}; workers {config.workers}, "
+        f"queue {config.queue})",
+        flush=True,
+    )
+    if not is_loopback(host):
+        print(
+            f"edsr serve: listening on {host}, not loopback: anyone who can reach this machine "
+            "can use it",
+            file=sys.stderr,
+            flush=True,
+        )
+    logger = logging.getLogger("edsr.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    uv = uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=access_log,
+        # A last line of defence against connection floods (plain 503s); the app's own queue
+        # answers long before this with JSON and Retry-After.
+        limit_concurrency=64 + 4 * config.capacity,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    try:
+        uvicorn.Server(uv).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn has already shut down gracefully and re-raised the Ctrl-C: a normal stop.
+        print("edsr serve: stopped", file=sys.stderr, flush=True)
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def background_server(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread (tests, notebooks); yields its base URL.
+
+    Startup and shutdown run the app's lifespan, so the temporary directory is removed on exit.
+    """
+    import uvicorn
+
+    sock = bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
