@@ -17,6 +17,7 @@ import math
 import os
 import re
 import struct
+import threading
 import warnings
 import weakref
 import zlib
@@ -215,6 +216,7 @@ class ModelProbe:
 
 
 _PROBES: weakref.WeakKeyDictionary[nn.Module, dict[int, ModelProbe]] = weakref.WeakKeyDictionary()
+_PROBE_LOCK = threading.Lock()
 
 # The estimate below counts the tensors a layer reads and writes plus two feature maps held by
 # skip connections; allocator slack, oneDNN reorders and PixelShuffle's copies come on top.
@@ -235,10 +237,24 @@ def probe_model(model: Model, scale: int) -> ModelProbe:
     cached = _PROBES.get(base, {}).get(scale)
     if cached is not None:
         return cached
+    with _PROBE_LOCK:
+        cached = _PROBES.get(base, {}).get(scale)
+        if cached is not None:
+            return cached
+        probe = _probe(base, scale)
+        _PROBES.setdefault(base, {})[scale] = probe
+        return probe
+
+
+def _probe(base: nn.Module, scale: int) -> ModelProbe:
     records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    me = threading.get_ident()
 
     def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        records.append((mod, args[0], out))
+        # Another thread may be running the same model on a real image meanwhile (a server):
+        # only the probe's own 1x1 pass counts.
+        if threading.get_ident() == me:
+            records.append((mod, args[0], out))
 
     leaves = [m for m in base.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -271,15 +287,13 @@ def probe_model(model: Model, scale: int) -> ModelProbe:
             lr_feature = max(lr_feature, inp.numel() * inp.element_size())
     out_bytes = base.n_colors * scale * scale * 4
     per_pixel = layer_peak + 2 * lr_feature + out_bytes + base.n_colors * 4
-    probe = ModelProbe(
+    return ModelProbe(
         scale=scale,
         reach=reach,
         overlap=math.ceil(reach),
         bytes_per_pixel=int(per_pixel * _MEMORY_SAFETY),
         out_bytes_per_pixel=out_bytes,
     )
-    _PROBES.setdefault(base, {})[scale] = probe
-    return probe
 
 
 def receptive_field(model: Model, scale: int | None = None) -> int:

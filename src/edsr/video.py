@@ -178,7 +178,8 @@ def upscale_video(
                 audio_map = {}
                 for ain in inp.streams.audio:
                     name = ain.codec_context.name
-                    if name not in out.supported_codecs:
+                    supported = getattr(out, "supported_codecs", None)  # PyAV >= 12.3
+                    if supported is not None and name not in supported:
                         raise EdsrError(
                             f"{dst}: {fmt} cannot hold the {name} audio of {src}; write a .mkv file"
                         )
