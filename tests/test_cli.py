@@ -175,3 +175,67 @@ def test_eval_errors(tmp_path, x2_model, capsys):
     Image.new("RGB", (9, 8)).save(bench / "LR_bicubic" / "X2" / "ax2.png")
     code, _, err = run(["eval", "--model", "bicubic", "--data", bench, "--scale", "2", "--quiet"], capsys)
     assert code == 1 and "ax2.png is 9x8" in err and "needs 10x8" in err
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    """Two real Set5 crops, small enough for 8 forward passes per image in a unit test."""
+    root = tmp_path_factory.mktemp("crops")
+    (root / "HR").mkdir()
+    for name in ("bird", "butterfly"):
+        Image.open(DATA / "Set5" / "HR" / f"{name}.png").crop((40, 40, 112, 112)).save(root / "HR" / f"{name}.png")
+    return root
+
+
+def test_eval_self_ensemble_is_the_mean_of_eight_transforms(crops, x2_model):
+    from edsr.evaluate import discover, evaluate, load_pair
+    from edsr.inference import ensemble_forward
+    from edsr.metrics import psnr
+    from edsr.weights import load_model
+
+    model = load_model(x2_model, device="cpu")
+    plain = evaluate(model, [crops], [2], progress=False)
+    plus = evaluate(model, [crops], [2], self_ensemble=True, progress=False)
+    assert plus["self_ensemble"] and plus["results"][0]["self_ensemble"]
+    evalset = discover(crops)
+    for row, hr_path in zip(plus["results"][0]["per_image"], evalset.hr_files, strict=True):
+        lr, hr = load_pair(evalset, hr_path, 2)
+        sr = ensemble_forward(model, lr[None].float(), 2)[0].clamp(0, 255).round().to(torch.uint8)
+        assert row["psnr"] == pytest.approx(float(psnr(sr, hr, crop_border=2, y_channel=True)[0]), abs=1e-9)
+    # An untrained model's 8 outputs differ, so their mean is a different picture.
+    assert plus["results"][0]["psnr"] != plain["results"][0]["psnr"]
+
+
+def test_eval_self_ensemble_flag_and_its_errors(crops, x2_model, capsys, tmp_path):
+    code, out, _ = run(["eval", "--model", x2_model, "--data", crops, "--scale", "2", "--self-ensemble", "--quiet"], capsys)
+    assert code == 0 and " x2+ " in out
+    code, _, err = run(["eval", "--model", "bicubic", "--data", crops, "--scale", "2", "--self-ensemble"], capsys)
+    assert code == 1 and "bicubic has no ensemble" in err and err.count("\n") == 1
+
+
+def test_without_model_the_bundled_default_is_used(crops, capsys, tmp_path):
+    from edsr.weights import default_model, get_entry
+
+    entry = get_entry(default_model())
+    assert entry.bundled and entry.arch == "mdsr"
+    code, out, _ = run(["eval", "--data", crops, "--scale", "4", "--quiet"], capsys)
+    assert code == 0
+    row = out.splitlines()[1].split()
+    assert row[1] == "x4" and 10 < float(row[2]) < 60
+    dst = tmp_path / "bird_x3.png"
+    code, _, err = run(["upscale", crops / "HR" / "bird.png", "-o", dst, "--scale", "3", "--quiet"], capsys)
+    assert code == 0, err
+    assert Image.open(dst).size == (216, 216)
+
+
+def test_readme_keeps_two_setup_commands_and_ci_runs_the_second():
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in setup.split("```bash\n")[1:]]
+    commands = [[ln for ln in b.splitlines() if ln and not ln.startswith("#")] for b in blocks]
+    assert [len(c) for c in commands] == [1, 1]
+    assert commands[0][0].endswith("pip install torch==2.13.0 -e . && edsr demo")
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert commands[1][0].endswith(ci)

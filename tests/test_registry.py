@@ -281,3 +281,39 @@ def test_readme_script_rewrites_only_between_markers(tmp_path):
 def test_metric_defaults_are_published_benchmark():
     m = Metric("Set14", 3, 30.0)
     assert (m.kind, m.protocol, m.self_ensemble) == ("published", PROTOCOL_BENCHMARK, False)
+
+
+# SRCNN on Set5 (Y, shave = scale), the gate the bundled model has to beat (issue 6).
+SRCNN_SET5 = {2: 36.66, 3: 32.75, 4: 30.48}
+
+
+def test_the_bundled_default_ships_verified_and_beats_srcnn():
+    from edsr.fileio import sha256_file
+    from edsr.models import count_parameters
+    from edsr.weights import default_model, load_weights, weights_path
+
+    e = get_entry(default_model())
+    path = weights_path(e)
+    assert e.source == "trained here" and e.bundled and not e.urls and e.full_hash
+    assert path.stat().st_size == e.size and sha256_file(path) == e.sha256
+    assert count_parameters(load_weights(e, device="cpu")) == e.parameters
+    assert e.training is not None and e.training.command.startswith("edsr train --preset mdsr-baseline")
+    for d in ("Set5", "Set14", "B100"):
+        for s in (2, 3, 4):
+            plain, plus = e.metric(d, s), e.metric(d, s, self_ensemble=True)
+            assert plain is not None and plain.kind == "measured" and plain.protocol == f"Y (BT.601), shave {s}"
+            assert plus is not None and plus.psnr > plain.psnr
+    for s, floor in SRCNN_SET5.items():
+        assert e.metric("Set5", s).psnr > floor
+
+
+def test_the_bundled_numbers_are_what_eval_measures():
+    """The registry's Set5 row is re-measured here from the shipped file: nothing typed by hand."""
+    from edsr.evaluate import evaluate
+    from edsr.weights import default_model, load_weights
+
+    e = get_entry(default_model())
+    report = evaluate(load_weights(e, device="cpu"), [DATA / "Set5"], [2, 3, 4], progress=False)
+    for r in report["results"]:
+        m = e.metric("Set5", r["scale"])
+        assert r["psnr"] == pytest.approx(m.psnr, abs=1e-4) and r["ssim"] == pytest.approx(m.ssim, abs=1e-4)

@@ -511,3 +511,11 @@ def test_load_test_script(tmp_path, checkpoints):
     assert res["server_alive"] and res["temp_files_left"] == 0
     assert res["exit_code"] == 0  # Ctrl-C: a graceful stop
     assert res["peak_rss_mb"] < 2048
+
+
+def test_without_model_serve_loads_the_bundled_default():
+    from edsr.serve.app import load_models
+
+    served = load_models([], device="cpu", progress=False)
+    assert [m.id for m in served] == [registry.DEFAULT] and served[0].scales == (2, 3, 4)
+    assert served[0].entry is registry.REGISTRY[registry.DEFAULT]

@@ -156,6 +156,12 @@ def test_finished_run_feeds_eval_and_upscale(tmp_path, small_val):
     assert (tmp_path / "up" / "bird_x2.png").exists()
     saved = read_toml(tmp_path / "run" / "config.toml")
     assert saved["iters"] == 2 and saved["preset"] == "edsr-baseline" and saved["val"] == small_val
+    # The chart's dashed line is bicubic on the same validation set, as `edsr eval` scores it.
+    from edsr.evaluate import evaluate
+
+    rows = list(csv.DictReader((tmp_path / "run" / "bicubic.csv").read_text().splitlines()))
+    want = evaluate("bicubic", [small_val], [2], progress=False)["results"][0]["psnr"]
+    assert [r["scale"] for r in rows] == ["2"] and float(rows[0]["psnr"]) == pytest.approx(want, abs=1e-4)
 
 
 def test_init_from_x2_skips_only_the_upsampler(tmp_path, capsys):
@@ -169,6 +175,33 @@ def test_init_from_x2_skips_only_the_upsampler(tmp_path, capsys):
     assert "upsampler" in skipped[0]
     got = load_file(tmp_path / "run" / "model.safetensors")
     assert (got["body.3.body.0.weight"] - x2.state_dict()["body.3.body.0.weight"]).abs().max() < 1e-6
+
+
+def test_init_from_edsr_x2_starts_an_mdsr_and_back(tmp_path, capsys):
+    from edsr.train import init_from
+
+    x2 = build_model("edsr-baseline", scale=2)
+    save_model(x2, tmp_path / "x2.safetensors")
+    src = x2.state_dict()
+    mdsr = build_model("mdsr-baseline", scale=2, scales=(2, 3, 4))
+    skipped = init_from(mdsr, str(tmp_path / "x2.safetensors"))
+    got = mdsr.state_dict()
+    # EDSR's upsampler and final conv sit at tail.0 / tail.1; MDSR's at upsample.0 / tail.0.
+    assert torch.equal(got["upsample.0.0.weight"], src["tail.0.0.weight"])
+    assert torch.equal(got["tail.0.weight"], src["tail.1.weight"])
+    assert torch.equal(got["body.15.body.2.weight"], src["body.15.body.2.weight"])
+    assert torch.equal(got["head.0.weight"], src["head.0.weight"])
+    keys = {line.split(":")[0] for line in skipped}
+    assert keys == {k for k in got if k.startswith(("pre_process.", "upsample.1.", "upsample.2."))}
+    assert any("x3 upsampler" in line and "trained from scratch" in line for line in skipped)
+
+    # ... and an MDSR's x3 branch starts an EDSR x3, upsampler included.
+    save_model(mdsr, tmp_path / "mdsr.safetensors")
+    x3 = build_model("edsr-baseline", scale=3)
+    assert init_from(x3, str(tmp_path / "mdsr.safetensors")) == []
+    assert torch.equal(x3.state_dict()["tail.0.0.weight"], got["upsample.1.0.weight"])
+    assert torch.equal(x3.state_dict()["tail.1.weight"], got["tail.0.weight"])
+    capsys.readouterr()
 
 
 def test_nan_loss_batch_is_skipped(tmp_path, monkeypatch, capsys):

@@ -34,7 +34,11 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upscale", help="upscale images", description="Upscale image files or folders.")
     p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively), or one video file")
     p.add_argument("-o", "--output", required=True, help="output directory, or a file name for one input")
-    p.add_argument("--model", required=True, help="checkpoint file (.pt, .pth or .safetensors)")
+    p.add_argument(
+        "--model",
+        help="checkpoint file (.pt, .pth or .safetensors) or a name from 'edsr weights list' "
+        "(default: the bundled MDSR, x2/x3/x4)",
+    )
     p.add_argument("--scale", type=_positive_int, help="upscaling factor (default: the model's only scale)")
     p.add_argument("--res-scale", type=float, help="override the residual scaling the checkpoint cannot store")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -68,9 +72,9 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 def _run_upscale(args: argparse.Namespace) -> int:
     from edsr.inference import upscale_files
-    from edsr.weights import resolve_model
+    from edsr.weights import default_model, resolve_model
 
-    model = resolve_model(args.model, scale=args.scale, res_scale=args.res_scale, device=args.device)
+    model = resolve_model(args.model or default_model(), scale=args.scale, res_scale=args.res_scale, device=args.device)
     written = upscale_files(
         args.inputs,
         args.output,
@@ -98,7 +102,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "outputs quantized to 0..255, Y channel and shave=scale for benchmarks, RGB and "
         "shave=scale+6 for DIV2K.",
     )
-    p.add_argument("--model", required=True, help="'bicubic' or a checkpoint file")
+    p.add_argument(
+        "--model",
+        help="'bicubic', a checkpoint file or a name from 'edsr weights list' (default: the bundled MDSR)",
+    )
     p.add_argument("--data", nargs="+", required=True, help="data set folders (HR/, DIV2K or flat)")
     p.add_argument("--scale", nargs="+", type=_positive_int, required=True, help="scales to evaluate")
     p.add_argument("--json", dest="json_path", help="write the full results (per image too) to this file")
@@ -112,6 +119,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure gray images as R=G=B through Y (the public PyTorch code's way; +1.32 dB)",
     )
+    p.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="score the geometric self-ensemble (the paper's EDSR+/MDSR+ rows; 8x slower)",
+    )
     p.add_argument("--res-scale", type=float, help="override the residual scaling the checkpoint cannot store")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json/--save-images files")
@@ -124,13 +136,14 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from edsr.evaluate import BICUBIC, evaluate, format_table
     from edsr.fileio import atomic_write, check_writable
-    from edsr.weights import resolve_model
+    from edsr.weights import default_model, resolve_model
 
     if args.shave is not None and args.shave < 0:
         raise EdsrError(f"--shave must be 0 or more, got {args.shave}")
     if args.json_path:
         check_writable(Path(args.json_path), overwrite=args.overwrite)
-    model = BICUBIC if args.model == BICUBIC else resolve_model(args.model, res_scale=args.res_scale, device=args.device)
+    spec = args.model or default_model()
+    model = BICUBIC if spec == BICUBIC else resolve_model(spec, res_scale=args.res_scale, device=args.device)
     report = evaluate(
         model,
         args.data,
@@ -140,6 +153,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         gray_as_rgb=args.gray_as_rgb,
         save_images=args.save_images,
         overwrite=args.overwrite,
+        self_ensemble=args.self_ensemble,
         progress=not args.quiet,
     )
     print(format_table(report))
@@ -347,6 +361,40 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="upscale the bundled samples and compare with bicubic",
+        description="Shrink the bundled sample images with MATLAB bicubic, upscale them with bicubic "
+        "and with the model, print PSNR (Y, shave = scale) and write a side-by-side comparison PNG "
+        "(bicubic, model, ground truth, with a zoomed crop) for each.",
+    )
+    p.add_argument("--model", help="checkpoint file or weights name (default: the bundled MDSR)")
+    p.add_argument("--scale", type=_positive_int, default=4, help="upscaling factor (default 4)")
+    p.add_argument("--samples", help="folder of HR images to use instead of the bundled samples")
+    p.add_argument("-o", "--output", default="edsr-demo", help="folder for the comparison PNGs (default edsr-demo)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="replace comparison PNGs left by an earlier run")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from edsr.demo import SAMPLES, format_results, run_demo
+    from edsr.weights import default_model, resolve_model
+
+    spec = args.model or default_model()
+    model = resolve_model(spec, device=args.device)
+    name = Path(spec).stem if Path(spec).is_file() else spec
+    results = run_demo(
+        model, args.output, scale=args.scale, samples=args.samples or SAMPLES, overwrite=args.overwrite, model_name=name
+    )
+    print(f"model: {name}; LR made with MATLAB bicubic; PSNR on Y, shave {args.scale}")
+    print(format_results(results))
+    mean = sum(r.gain for r in results) / len(results)
+    print(f"mean gain over bicubic: {mean:+.2f} dB; wrote {len(results)} comparison PNG(s) to {args.output}")
+    return 0
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -411,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_demo(sub)
     _add_upscale(sub)
     _add_export(sub)
     _add_eval(sub)

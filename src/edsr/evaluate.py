@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from edsr.errors import EdsrError
 from edsr.imageio import IMAGE_EXTENSIONS, find_images, read_image, write_png
-from edsr.inference import sr_forward
+from edsr.inference import ensemble_forward, sr_forward
 from edsr.metrics import psnr, ssim
 from edsr.models import SRModel
 from edsr.resize import imresize
@@ -132,13 +132,16 @@ def load_pair(evalset: EvalSet, hr_path: Path, scale: int) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def super_resolve(model: SRModel | str, lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """uint8 (C, h, w) -> uint8 (C, h*s, w*s), quantized as the protocol requires."""
+def super_resolve(model: SRModel | str, lr: torch.Tensor, scale: int, *, self_ensemble: bool = False) -> torch.Tensor:
+    """uint8 (C, h, w) -> uint8 (C, h*s, w*s), quantized as the protocol requires.
+
+    ``self_ensemble`` averages the 8 flips/rotations before quantizing (the paper's "+" rows).
+    """
     if isinstance(model, str):
         return imresize(lr, float(scale))
     device = next(model.parameters()).device
     x = lr.unsqueeze(0).to(device=device, dtype=torch.float32)
-    y = sr_forward(model, x, scale)[0]
+    y = (ensemble_forward if self_ensemble else sr_forward)(model, x, scale)[0]
     return y.clamp(0, 255).round().to(torch.uint8).cpu()
 
 
@@ -152,9 +155,12 @@ def evaluate(
     gray_as_rgb: bool = False,
     save_images: str | os.PathLike | None = None,
     overwrite: bool = False,
+    self_ensemble: bool = False,
     progress: bool = True,
 ) -> dict:
     """Evaluate ``model`` (or ``"bicubic"``) on each data set at each scale.
+
+    ``self_ensemble`` scores the geometric self-ensemble (EDSR+ / MDSR+); bicubic has none.
 
     Returns ``{"protocol": {...}, "results": [{"dataset", "scale", "psnr", "ssim", "images",
     "seconds", "protocol", "per_image": [...]}]}``, the structure ``--json`` writes.
@@ -163,6 +169,8 @@ def evaluate(
         raise EdsrError(f"unknown model {model!r}")
     if not scales:
         raise EdsrError("give at least one --scale")
+    if self_ensemble and isinstance(model, str):
+        raise EdsrError("--self-ensemble needs a trained model; bicubic has no ensemble")
     if not isinstance(model, str):
         bad = [s for s in scales if s not in model.scales]
         if bad:
@@ -178,7 +186,7 @@ def evaluate(
             bar = tqdm(evalset.hr_files, desc=f"{evalset.name} x{scale}", unit="img", disable=not progress, leave=False)
             for hr_path in bar:
                 lr, hr = load_pair(evalset, hr_path, scale)
-                sr = super_resolve(model, lr, scale)
+                sr = super_resolve(model, lr, scale, self_ensemble=self_ensemble)
                 kw = dict(crop_border=proto.shave, y_channel=proto.y_channel, gray_as_rgb=proto.gray_as_rgb)
                 p = float(psnr(sr, hr, **kw)[0])
                 s = float(ssim(sr, hr, **kw)[0])
@@ -190,6 +198,7 @@ def evaluate(
                 {
                     "dataset": evalset.name,
                     "scale": scale,
+                    "self_ensemble": self_ensemble,
                     "psnr": float(np.mean([r["psnr"] for r in per_image])),
                     "ssim": float(np.mean([r["ssim"] for r in per_image])),
                     "images": len(per_image),
@@ -211,6 +220,7 @@ def evaluate(
             "psnr": "mean over images of per-image PSNR",
             "ssim": "Wang et al., Gaussian 11x11 sigma 1.5, valid positions",
         },
+        "self_ensemble": self_ensemble,
         "results": results,
     }
 
@@ -221,5 +231,6 @@ def format_table(report: dict) -> str:
         p = r["protocol"]
         proto = f"{'Y' if p['y_channel'] else 'RGB'}, shave {p['shave']}"
         ps = "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.4f}"
-        rows.append(f"{r['dataset']:<12} {'x' + str(r['scale']):>5} {ps:>9} {r['ssim']:>8.4f} {r['images']:>6} {r['seconds']:>8.1f}  {proto}")
+        scale = f"x{r['scale']}" + ("+" if r.get("self_ensemble") else "")
+        rows.append(f"{r['dataset']:<12} {scale:>5} {ps:>9} {r['ssim']:>8.4f} {r['images']:>6} {r['seconds']:>8.1f}  {proto}")
     return "\n".join(rows)

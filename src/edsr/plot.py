@@ -42,8 +42,14 @@ def line_chart(
     ylabel: str,
     size: tuple[int, int] = (800, 480),
     log_y: bool = False,
+    references: Mapping[str, float] | None = None,
 ) -> None:
-    """Write a PNG line chart of ``{label: (xs, ys)}``, atomically (replacing the old one)."""
+    """Write a PNG line chart of ``{label: (xs, ys)}``, atomically (replacing the old one).
+
+    ``references`` are dashed horizontal lines ``{label: y}``; a label that starts with a
+    series' label (``"x2 bicubic"`` for ``"x2"``) takes that series' colour.
+    """
+    references = dict(references or {})
     w, h = size
     left, right, top, bottom = 70, 20, 40, 50
     img = Image.new("RGB", size, "white")
@@ -52,6 +58,7 @@ def line_chart(
     pts = {k: [(x, y) for x, y in zip(*v, strict=True) if math.isfinite(y) and (y > 0 or not log_y)] for k, v in series.items()}
     xs = [x for p in pts.values() for x, _ in p]
     ys = [math.log10(y) if log_y else y for p in pts.values() for _, y in p]
+    ys += [math.log10(y) if log_y else y for y in references.values() if math.isfinite(y) and (y > 0 or not log_y)]
     draw.text((left, 12), title, fill="black", font=font)
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     draw.text(((left + w - right) // 2 - 3 * len(xlabel), h - 20), xlabel, fill="black", font=font)
@@ -86,5 +93,14 @@ def line_chart(
                 cx, cy = line[0]
                 draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
             draw.text((w - right - 150, top + 8 + 14 * i), f"-- {label}", fill=colour, font=font)
+        colour_of = {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(pts)}
+        for label, y in references.items():
+            if not math.isfinite(y) or (log_y and y <= 0):
+                continue
+            colour = next((c for k, c in colour_of.items() if label.split()[0] == k), "#7f7f7f")
+            _, py = to_px(x0, math.log10(y) if log_y else y)
+            for xa in range(left, w - right, 12):
+                draw.line([xa, py, min(xa + 6, w - right), py], fill=colour, width=1)
+            draw.text((left + 6, py - 13), f"{label} {_fmt(y)}", fill=colour, font=font)
     with atomic_write(path, overwrite=True) as tmp:
         img.save(tmp, format="PNG")

@@ -5,6 +5,7 @@ Run directory layout::
     config.toml               resolved configuration (read back by --resume)
     log.csv                   step, loss, lr, seconds/iteration, skipped batches
     val.csv                   step, scale, PSNR, SSIM
+    bicubic.csv               bicubic PSNR/SSIM on the validation set (the line to beat)
     loss.png, psnr.png        curves, redrawn as training goes
     checkpoints/state-*.pt    full training state (the newest two are kept) + .sha256
     model_latest.safetensors  weights at the last checkpoint; model_best.safetensors too
@@ -22,6 +23,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +35,15 @@ from tqdm import tqdm
 from edsr.config import TrainConfig, load_config, save_config
 from edsr.data import PatchDataset, batch_loader
 from edsr.errors import EdsrError
-from edsr.evaluate import evaluate
+from edsr.evaluate import BICUBIC, evaluate
 from edsr.fileio import atomic_write, sha256_file
 from edsr.models import SRModel, build_model
 from edsr.plot import line_chart
-from edsr.weights import read_checkpoint, save_model
+from edsr.weights import detect_config, read_checkpoint, save_model
 
 log = logging.getLogger("edsr.train")
 
-_RUN_FILES = ("config.toml", "log.csv", "val.csv", "loss.png", "psnr.png", "model.safetensors",
+_RUN_FILES = ("config.toml", "log.csv", "val.csv", "bicubic.csv", "loss.png", "psnr.png", "model.safetensors",
               "model_latest.safetensors", "model_best.safetensors")
 # Fault injection for the resume test: SIGKILL this process right after the checkpoint at
 # this step is on disk, as a power cut or OOM killer would.
@@ -76,22 +78,58 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * cfg.lr_decay_factor ** (step // cfg.lr_decay_every)
 
 
+def _source_key(key: str, own_cfg: dict, src_cfg: dict) -> tuple[str | None, str]:
+    """Name in the source file of our tensor ``key`` (None: do not copy it), and why.
+
+    EDSR keeps its final conv at ``tail.1`` after the upsampler ``tail.0``; MDSR keeps one
+    upsampler per scale in ``upsample.i`` and the final conv at ``tail.0``. Translating
+    between the two lets a trained single-scale body start a multi-scale model and back.
+    An upsampler is copied only from a model of the same scale: another scale's pixel
+    shuffle has a different shape and meaning.
+    """
+    src_arch, own_arch = src_cfg["arch"], own_cfg["arch"]
+    src_scales = src_cfg["scales"] if src_arch == "mdsr" else [src_cfg["scale"]]
+    own_scales = own_cfg["scales"] if own_arch == "mdsr" else [own_cfg["scale"]]
+    if own_arch == "edsr" and key.startswith("tail.0."):
+        scale, rest = own_scales[0], key[len("tail.0."):]
+    elif own_arch == "mdsr" and key.startswith("upsample."):
+        index, rest = key[len("upsample."):].split(".", 1)
+        scale = own_scales[int(index)]
+    else:
+        final = {"edsr": "tail.1.", "mdsr": "tail.0."}
+        if key.startswith(final[own_arch]):
+            return final[src_arch] + key[len(final[own_arch]):], "final conv"
+        return key, ""
+    if scale not in src_scales:
+        return None, f"x{scale} upsampler (the file has x{'/x'.join(map(str, src_scales))}; trained from scratch)"
+    prefix = "tail.0." if src_arch == "edsr" else f"upsample.{src_scales.index(scale)}."
+    return prefix + rest, f"x{scale} upsampler"
+
+
 def init_from(model: SRModel, path: str, rank: int = 0) -> list[str]:
-    """Copy every matching tensor of a trained model except the upsampler; return the skipped keys."""
-    src, _, _ = read_checkpoint(path)
+    """Copy every tensor of a trained model that fits ours; return the skipped keys with reasons.
+
+    Works across EDSR and MDSR of the same width: the body, head and final conv carry
+    over, an upsampler only where the file has the same scale.
+    """
+    src, src_cfg, _ = read_checkpoint(path)
+    if src_cfg is None:
+        src_cfg = detect_config(src)
+    own_cfg = model.config()
     own = model.state_dict()
     load, skipped = {}, []
     for k, v in own.items():
-        if k.startswith(("tail.0.", "upsample.")):
-            skipped.append(f"{k}: upsampler (scale-specific, trained from scratch)")
-        elif k not in src:
+        sk, why = _source_key(k, own_cfg, src_cfg)
+        if sk is None:
+            skipped.append(f"{k}: {why}")
+        elif sk not in src:
             skipped.append(f"{k}: not in {Path(path).name}")
-        elif tuple(src[k].shape) != tuple(v.shape):
-            skipped.append(f"{k}: shape {tuple(src[k].shape)} in the file, {tuple(v.shape)} here")
+        elif tuple(src[sk].shape) != tuple(v.shape):
+            skipped.append(f"{k}: shape {tuple(src[sk].shape)} in the file, {tuple(v.shape)} here")
         else:
-            load[k] = src[k].to(v.dtype)
+            load[k] = src[sk].to(v.dtype)
     if not any(k.startswith("body.") for k in load):
-        raise EdsrError(f"{path} shares no body weights with {model.config()['arch']} {model.n_resblocks}x{model.n_feats}")
+        raise EdsrError(f"{path} shares no body weights with {own_cfg['arch']} {model.n_resblocks}x{model.n_feats}")
     model.load_state_dict(load, strict=False)
     _say(f"init from {path}: loaded {len(load)} tensors, skipped {len(skipped)}:", rank)
     for line in skipped:
@@ -188,7 +226,19 @@ def draw_curves(run: Path) -> None:
             xs, ys = series.setdefault(f"x{r['scale']}", ([], []))
             xs.append(int(r["step"]))
             ys.append(float(r["psnr"]))
-        line_chart(run / "psnr.png", series, title="validation PSNR (Y)", xlabel="iteration", ylabel="PSNR dB")
+        refs = {f"x{r['scale']} bicubic": float(r["psnr"]) for r in read("bicubic.csv")}
+        line_chart(run / "psnr.png", series, title="validation PSNR (Y); dashed: bicubic", xlabel="iteration",
+                   ylabel="PSNR dB", references=refs)
+
+
+def bicubic_reference(run: Path, val: str, scales: Sequence[int]) -> None:
+    """Score bicubic on the validation set once, so the PSNR chart shows what training must beat."""
+    path = run / "bicubic.csv"
+    have = {int(r["scale"]) for r in csv.DictReader(path.read_text().splitlines())} if path.exists() else set()
+    todo = [s for s in scales if s not in have]
+    if todo:
+        for r in evaluate(BICUBIC, [val], todo, progress=False)["results"]:
+            _append_csv(path, ["scale", "psnr", "ssim"], [r["scale"], f"{r['psnr']:.4f}", f"{r['ssim']:.5f}"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -330,6 +380,8 @@ def train(
              f"batch {cfg.batch_size} over {world} process(es), device {device}", rank)
     loader = batch_loader(data, step, cfg.iters, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, workers=cfg.workers)
     bar = tqdm(total=cfg.iters, initial=step, desc="train", unit="it", disable=not (progress and rank == 0), dynamic_ncols=True)
+    if rank == 0 and cfg.val:
+        bicubic_reference(run, cfg.val, scales)
     if step == 0 and state is None:
         validate(0)  # the starting point, so the curve shows what training gained
     model.train()

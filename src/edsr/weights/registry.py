@@ -5,11 +5,9 @@ itself (above all ``res_scale``, which no tensor shape reveals), where to fetch 
 check it, and what it scores under which protocol. ``edsr weights list``, ``--model NAME`` and
 the README's model table (``scripts/readme_models.py``) are all generated from here.
 
-Adding the bundled model later (issue 6, part 3): put the file under ``src/edsr/assets/``,
-then add an entry with ``bundled="<file name>"``, ``urls=()``, the full ``sha256``,
-``source="trained here"``, a :class:`Training` record (exact command, iterations, wall time,
-hardware) and ``metrics=metrics_from_eval_json(ASSETS / "<eval>.json")`` so that the numbers
-come from an ``edsr eval --json`` file rather than being typed by hand.
+Our own trained model ships inside the package (``src/edsr/assets/``): its entry has
+``bundled=<file name>``, no URLs, the full SHA-256, a :class:`Training` record, and metrics read
+from the ``edsr eval --json`` reports stored beside it, so no number in it is typed by hand.
 """
 
 from __future__ import annotations
@@ -279,9 +277,67 @@ _BUILTIN: tuple[WeightsEntry, ...] = (
     _official_mdsr(False, "4a78bedf", 7_953_987),
 )
 
+# --- trained here, bundled ------------------------------------------------------------------
+
+_BUNDLED_NAME = "mdsr-baseline-291"
+_BUNDLED_FILE = "mdsr_baseline_291-1fffc6b8.safetensors"
+_BUNDLED_SHA256 = "1fffc6b8520d49b6c381fce46fedd8aee8a7cae3e8c0b951078337bd81305677"
+_BUNDLED_SIZE = 6464062
+# The eval reports ``edsr eval --json`` wrote for the bundled file: the registry's numbers are
+# read from them, never typed in.
+BUNDLED_EVALS = ("mdsr_baseline_291.eval.json", "mdsr_baseline_291.eval-ensemble.json")
+_DATA_291 = "T91 (91 images) + BSD200 (200 images): the classic 291-image set, HR PNGs; LR made by MATLAB bicubic"
+_HARDWARE = "2-core Intel Xeon CPU (AVX-512, no AMX/AVX-512 BF16), 24 GiB, torch 2.13.0+cpu, fp32 channels-last"
+
+
+def _bundled_mdsr() -> WeightsEntry:
+    metrics: tuple[Metric, ...] = ()
+    for name in BUNDLED_EVALS:
+        if (ASSETS / name).is_file():
+            metrics += metrics_from_eval_json(ASSETS / name)
+    return WeightsEntry(
+        name=_BUNDLED_NAME,
+        arch="mdsr",
+        scales=(2, 3, 4),
+        n_resblocks=16,
+        n_feats=64,
+        res_scale=1.0,
+        filename=_BUNDLED_FILE,
+        sha256=_BUNDLED_SHA256,
+        parameters=3_227_203,
+        size=_BUNDLED_SIZE,
+        license="MIT (this project)",
+        source="trained here",
+        bundled=_BUNDLED_FILE,
+        metrics=metrics,
+        description="MDSR baseline trained here on the 291-image set (fp16); the default model",
+        training=Training(
+            command="TBD",
+            iterations=0,
+            wall_time_s=0.0,
+            hardware=_HARDWARE,
+            data=_DATA_291,
+            notes="",
+        ),
+        aliases=("default", "bundled"),
+    )
+
+
+_BUILTIN += (_bundled_mdsr(),)
+
+#: The model used when no ``--model`` is given: ships inside the package, so it needs no network.
+DEFAULT = _BUNDLED_NAME
+
 #: name -> entry, in display order. Mutable on purpose: :func:`register` adds entries (tests,
 #: or a user's own weights) without editing this file.
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _BUILTIN}
+
+
+def default_model() -> str:
+    """Name of the bundled default model (what ``--model`` means when it is left out)."""
+    if DEFAULT not in REGISTRY:
+        raise EdsrError(f"the default model {DEFAULT!r} was unregistered; pass --model")
+    return DEFAULT
 
 
 def register(entry: WeightsEntry, *, replace: bool = False) -> WeightsEntry:
@@ -349,7 +405,7 @@ def format_table(
 ) -> str:
     """The plain-text table ``edsr weights list`` prints; ``local`` adds a column (name -> text)."""
     entries = list(REGISTRY.values()) if entries is None else list(entries)
-    head = ["name", "arch", "scales", "BxF", "res_scale", "params", "size", "source", "DIV2K PSNR"]
+    head = ["name", "arch", "scales", "BxF", "res_scale", "params", "size", "source", "DIV2K PSNR", "Set5 PSNR"]
     if local is not None:
         head.append("local")
     rows = [head]
@@ -364,13 +420,17 @@ def format_table(
             _size_text(e.size),
             e.source,
             _metric_text(e, "DIV2K-val"),
+            _metric_text(e, "Set5"),
         ]
         if local is not None:
             row.append(local.get(e.name, "-"))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"DIV2K PSNR: published, {PROTOCOL_DIV2K}; 'edsr weights info NAME' for the rest")
+    lines.append(
+        f"PSNR in dB. DIV2K: {PROTOCOL_DIV2K}; Set5: {PROTOCOL_BENCHMARK}; official rows published, "
+        "trained-here rows measured. 'edsr weights info NAME' for the rest"
+    )
     return "\n".join(lines)
 
 
@@ -399,6 +459,38 @@ def readme_table(entries: Iterable[WeightsEntry] | None = None) -> str:
         "MDSR), not re-measured here; entries trained here show `edsr eval --json` results. "
         "Generated from `edsr.weights.registry` by `python scripts/readme_models.py`."
     )
+    for e in entries:
+        if e.training is not None and e.metrics:
+            lines += ["", metrics_table(e)]
+    return "\n".join(lines)
+
+
+def metrics_table(e: WeightsEntry) -> str:
+    """Markdown table of a trained-here entry's measured PSNR / SSIM, plain and self-ensemble."""
+    datasets = list(dict.fromkeys(m.dataset for m in e.metrics))
+    cols = [(s, False) for s in e.scales] + [(s, True) for s in e.scales if e.metric(datasets[0], s, self_ensemble=True)]
+    head = " | ".join(f"x{s}{'+' if ens else ''}" for s, ens in cols)
+    lines = [
+        f"`{e.name}`, measured by `edsr eval --json` (PSNR dB / SSIM; {e.metrics[0].protocol}; "
+        "`+`: self-ensemble):",
+        "",
+        f"| data set | {head} |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for d in datasets:
+        cells = []
+        for s, ens in cols:
+            m = e.metric(d, s, self_ensemble=ens)
+            cells.append("-" if m is None else f"{m.psnr:.2f} / {m.ssim:.4f}" if m.ssim is not None else f"{m.psnr:.2f}")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    t = e.training
+    assert t is not None
+    lines += [
+        "",
+        f"Trained with `{t.command}` ({t.iterations:,} iterations, {t.wall_time_s / 3600:.1f} h on {t.hardware}).",
+    ]
+    if t.notes:
+        lines.append(t.notes)
     return "\n".join(lines)
 
 
@@ -427,6 +519,8 @@ def describe(entry: WeightsEntry) -> str:
         ]
         if t.data:
             lines.append(f"data:        {t.data}")
+        if t.notes:
+            lines.append(f"notes:       {t.notes}")
     for i, u in enumerate(e.urls):
         lines.append(f"{'urls:' if i == 0 else '':<13}{u}")
     for m in e.metrics:

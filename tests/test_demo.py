@@ -1,0 +1,53 @@
+"""The out-of-the-box job: bundled model on bundled samples, comparison PNGs, PSNR vs bicubic."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edsr import EdsrError
+from edsr.cli import main
+from edsr.demo import SAMPLES, pick_crop, run_demo
+from edsr.weights import default_model, resolve_model
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return resolve_model(default_model(), device="cpu")
+
+
+def test_bundled_model_beats_bicubic_on_every_sample(tmp_path, bundled):
+    results = run_demo(bundled, tmp_path, scale=4)
+    assert sorted(r.image for r in results) == sorted(p.stem for p in SAMPLES.glob("*.png"))
+    for r in results:
+        assert r.psnr_model > r.psnr_bicubic + 0.3, r
+        hr = Image.open(SAMPLES / f"{r.image}.png")
+        w = hr.width - hr.width % 4
+        png = Image.open(r.comparison)
+        assert png.format == "PNG" and png.width == 3 * w + 4 * 8 and png.height > hr.height
+
+
+def test_demo_refuses_to_replace_earlier_output_unless_asked(tmp_path, bundled):
+    first = run_demo(bundled, tmp_path, scale=2)
+    before = {r.comparison: r.comparison.stat().st_mtime_ns for r in first}
+    with pytest.raises(EdsrError, match="--overwrite"):
+        run_demo(bundled, tmp_path, scale=2)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert len(run_demo(bundled, tmp_path, scale=2, overwrite=True)) == len(first)
+    with pytest.raises(EdsrError, match="not x5"):
+        run_demo(bundled, tmp_path, scale=5)
+
+
+def test_pick_crop_finds_where_the_error_is():
+    ref = np.zeros((120, 90, 3), np.uint8)
+    worse = ref.copy()
+    worse[70:90, 10:30] = 200
+    y, x = pick_crop(ref, worse, 20)
+    assert 60 <= y <= 70 and 0 <= x <= 10
+
+
+def test_cli_demo(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path), "--scale", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "mean gain over bicubic: +" in out and len(list(tmp_path.glob("*_x3_comparison.png"))) == 2
+    assert main(["demo", "-o", str(tmp_path), "--scale", "3"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
