@@ -191,6 +191,7 @@ def test_eval_self_ensemble_is_the_mean_of_eight_transforms(crops, x2_model):
     from edsr.evaluate import discover, evaluate, load_pair
     from edsr.inference import ensemble_forward
     from edsr.metrics import psnr
+    from edsr.precision import prepare_model
     from edsr.weights import load_model
 
     model = load_model(x2_model, device="cpu")
@@ -198,9 +199,10 @@ def test_eval_self_ensemble_is_the_mean_of_eight_transforms(crops, x2_model):
     plus = evaluate(model, [crops], [2], self_ensemble=True, progress=False)
     assert plus["self_ensemble"] and plus["results"][0]["self_ensemble"]
     evalset = discover(crops)
+    fast = prepare_model(model, precision="fp32")  # what evaluate runs: fp32, channels-last
     for row, hr_path in zip(plus["results"][0]["per_image"], evalset.hr_files, strict=True):
         lr, hr = load_pair(evalset, hr_path, 2)
-        sr = ensemble_forward(model, lr[None].float(), 2)[0].clamp(0, 255).round().to(torch.uint8)
+        sr = ensemble_forward(fast, lr[None].float(), 2)[0].clamp(0, 255).round().to(torch.uint8)
         assert row["psnr"] == pytest.approx(float(psnr(sr, hr, crop_border=2, y_channel=True)[0]), abs=1e-9)
     # An untrained model's 8 outputs differ, so their mean is a different picture.
     assert plus["results"][0]["psnr"] != plain["results"][0]["psnr"]
