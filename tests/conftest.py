@@ -29,6 +29,14 @@ def need_shared(*parts: str) -> Path:
     return path
 
 
+def crop_set(root: Path, names: tuple[str, ...], box: tuple[int, int, int, int]) -> Path:
+    """A benchmark-layout folder (``root/HR``) of crops of real Set5 images, for fast tests."""
+    (root / "HR").mkdir(parents=True)
+    for name in names:
+        Image.open(DATA / "Set5" / "HR" / f"{name}.png").crop(box).save(root / "HR" / f"{name}.png")
+    return root
+
+
 def load_rgb(name: str) -> np.ndarray:
     return np.asarray(Image.open(DATA / "Set5" / "HR" / name).convert("RGB"))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DATA
+from conftest import DATA, crop_set
 from edsr import build_model, save_model
 from edsr.cli import main
 
@@ -180,11 +180,7 @@ def test_eval_errors(tmp_path, x2_model, capsys):
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory):
     """Two real Set5 crops, small enough for 8 forward passes per image in a unit test."""
-    root = tmp_path_factory.mktemp("crops")
-    (root / "HR").mkdir()
-    for name in ("bird", "butterfly"):
-        Image.open(DATA / "Set5" / "HR" / f"{name}.png").crop((40, 40, 112, 112)).save(root / "HR" / f"{name}.png")
-    return root
+    return crop_set(tmp_path_factory.mktemp("crops"), ("bird", "butterfly"), (40, 40, 112, 112))
 
 
 def test_eval_self_ensemble_is_the_mean_of_eight_transforms(crops, x2_model):

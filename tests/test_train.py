@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DATA
+from conftest import DATA, crop_set
 from edsr import EdsrError, build_model, save_model
 from edsr.config import TrainConfig, read_toml, resolve, to_toml
 from edsr.train import learning_rate, train
@@ -22,13 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def small_val(tmp_path_factory):
     """Validation crops of real Set5 images: full Set5 would dominate these tests' time."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("val")
-    (root / "HR").mkdir()
-    for name in ("bird", "head"):
-        Image.open(DATA / "Set5" / "HR" / f"{name}.png").crop((60, 60, 108, 108)).save(root / "HR" / f"{name}.png")
-    return str(root)
+    return str(crop_set(tmp_path_factory.mktemp("val"), ("bird", "head"), (60, 60, 108, 108)))
 
 
 def tiny_cfg(tmp_path, **kw) -> TrainConfig:
