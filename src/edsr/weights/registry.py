@@ -490,8 +490,10 @@ def metrics_table(e: WeightsEntry) -> str:
     datasets = list(dict.fromkeys(m.dataset for m in e.metrics))
     cols = [(s, False) for s in e.scales] + [(s, True) for s in e.scales if e.metric(datasets[0], s, self_ensemble=True)]
     head = " | ".join(f"x{s}{'+' if ens else ''}" for s, ens in cols)
+    protocols = {m.protocol.replace(f"shave {m.scale}", "shave scale") for m in e.metrics}
+    protocol = protocols.pop() if len(protocols) == 1 else "protocol per row in the registry"
     lines = [
-        f"`{e.name}`, measured by `edsr eval --json` (PSNR dB / SSIM; {e.metrics[0].protocol}; "
+        f"`{e.name}`, measured by `edsr eval --json` (PSNR dB / SSIM; {protocol}; "
         "`+`: self-ensemble):",
         "",
         f"| data set | {head} |",
