@@ -56,15 +56,11 @@ def pick_crop(reference: np.ndarray, worse: np.ndarray, side: int) -> tuple[int,
     err = np.abs(reference.astype(np.float64) - worse.astype(np.float64)).sum(axis=2)
     # Window sums from an integral image, on a coarse grid: exactness does not matter here.
     ii = np.pad(err.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = err.shape
+    sums = ii[side:, side:] - ii[:-side, side:] - ii[side:, :-side] + ii[:-side, :-side]
     stride = max(1, side // 8)
-    best, where = -1.0, (0, 0)
-    for y in range(0, h - side + 1, stride):
-        for x in range(0, w - side + 1, stride):
-            s = ii[y + side, x + side] - ii[y, x + side] - ii[y + side, x] + ii[y, x]
-            if s > best:
-                best, where = s, (y, x)
-    return where
+    grid = sums[::stride, ::stride]
+    y, x = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    return int(y) * stride, int(x) * stride
 
 
 def comparison_image(panels: list[tuple[str, np.ndarray]], crop: tuple[int, int], side: int) -> Image.Image:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, TypeVar, overload
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -577,44 +577,16 @@ def _infer_float_range(x: torch.Tensor | np.ndarray, value_range: float | None) 
     return 1.0
 
 
-@overload
 def upscale(
-    image: PILImage.Image,
+    image: ImageLike,
     model: Model,
-    scale: int | None = ...,
+    scale: int | None = None,
     *,
-    value_range: float | None = ...,
-    tile: int | None = ...,
-    max_memory: int | str | None = ...,
-    ensemble: bool = ...,
-) -> PILImage.Image: ...
-@overload
-def upscale(
-    image: np.ndarray,
-    model: Model,
-    scale: int | None = ...,
-    *,
-    value_range: float | None = ...,
-    tile: int | None = ...,
-    max_memory: int | str | None = ...,
-    ensemble: bool = ...,
-) -> np.ndarray: ...
-@overload
-def upscale(
-    image: torch.Tensor,
-    model: Model,
-    scale: int | None = ...,
-    *,
-    value_range: float | None = ...,
-    tile: int | None = ...,
-    max_memory: int | str | None = ...,
-    ensemble: bool = ...,
-) -> torch.Tensor: ...
-
-
-def upscale(
-    image, model, scale=None, *, value_range=None, tile=None, max_memory=None, ensemble=False
-):
+    value_range: float | None = None,
+    tile: int | None = None,
+    max_memory: int | str | None = None,
+    ensemble: bool = False,
+) -> ImageLike:
     """Upscale an image and return it in the type, layout and range it came in.
 
     - PIL images: modes L, RGB, RGBA, LA, P (becomes RGB/RGBA), I;16 (16-bit gray).

@@ -133,11 +133,10 @@ class ServedModel:
 
 def default_model_spec() -> str | None:
     """The registry's bundled default model, if this installation ships one."""
-    name = getattr(registry, "DEFAULT", None)  # may be set once a bundled model is registered
-    if name and name in registry.REGISTRY:
-        return str(name)
-    bundled = [e for e in registry.REGISTRY.values() if e.bundled]
-    return bundled[0].name if bundled else None
+    try:
+        return registry.default_model()
+    except EdsrError:
+        return None
 
 
 def load_models(
@@ -150,13 +149,7 @@ def load_models(
     for spec in specs:
         names += [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        default = default_model_spec()
-        if default is None:
-            raise EdsrError(
-                "no model given and this installation has no bundled model; pass --model with "
-                "a checkpoint file or a weights name (see 'edsr weights list')"
-            )
-        names = [default]
+        names = [registry.default_model()]
     served: list[ServedModel] = []
     seen: set[str] = set()
     for spec in dict.fromkeys(names):  # keeps order, drops repeats

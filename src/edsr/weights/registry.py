@@ -354,10 +354,20 @@ REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in _BUILTIN}
 
 
 def default_model() -> str:
-    """Name of the bundled default model (what ``--model`` means when it is left out)."""
-    if DEFAULT not in REGISTRY:
-        raise EdsrError(f"the default model {DEFAULT!r} was unregistered; pass --model")
-    return DEFAULT
+    """Name of the bundled default model (what ``--model`` means when it is left out).
+
+    ``DEFAULT`` when it is registered, else the first bundled entry (a build that registers
+    its own), else a user error.
+    """
+    if DEFAULT and DEFAULT in REGISTRY:
+        return DEFAULT
+    bundled = [e.name for e in REGISTRY.values() if e.bundled]
+    if not bundled:
+        raise EdsrError(
+            "no model given and this installation has no bundled model; pass --model with "
+            "a checkpoint file or a weights name (see 'edsr weights list')"
+        )
+    return bundled[0]
 
 
 def register(entry: WeightsEntry, *, replace: bool = False) -> WeightsEntry:
