@@ -39,6 +39,7 @@ from edsr.evaluate import BICUBIC, evaluate
 from edsr.fileio import atomic_write, sha256_file
 from edsr.models import SRModel, build_model
 from edsr.plot import line_chart
+from edsr.precision import cpu_has_native_bf16
 from edsr.weights import detect_config, read_checkpoint, save_model
 
 log = logging.getLogger("edsr.train")
@@ -55,19 +56,11 @@ def _say(msg: str, rank: int) -> None:
         tqdm.write(msg)
 
 
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def pick_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise EdsrError("fp16 training needs a CUDA GPU; on a CPU use --precision bf16 or fp32")
     return precision
