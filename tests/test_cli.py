@@ -237,3 +237,17 @@ def test_readme_keeps_two_setup_commands_and_ci_runs_the_second():
     assert commands[0][0].endswith("pip install torch==2.13.0 -e . && edsr demo")
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert commands[1][0].endswith(ci)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch, capsys):
+    """`edsr weights list | head -3`: the closed pipe is not an 'internal error'."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)
+    stdout = os.fdopen(w, "w", buffering=1)  # line-buffered: the first line meets the closed pipe
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code = main(["weights", "list"])
+    stdout.close()  # main pointed the descriptor at /dev/null, so what is left flushes there
+    assert code == 141
+    assert "internal error" not in capsys.readouterr().err

@@ -6,12 +6,24 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from edsr.errors import EdsrError
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not safe once
+# threads (edsr serve's workers) are writing files.
+_UMASK = _read_umask()
 
 
 def check_writable(dest: Path, *, overwrite: bool) -> None:
@@ -38,6 +50,13 @@ def atomic_write(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterato
         raise EdsrError(f"cannot write {dest}: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the file the mode a plain open() would (or the one of the file
+    # it replaces), or outputs and checkpoints end up unreadable to everyone but their writer.
+    try:
+        mode = stat.S_IMODE(dest.stat().st_mode) if dest.exists() else 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
+    except OSError:
+        pass  # a file system without modes (FAT, some network mounts) still gets the file
     try:
         yield tmp
         with open(tmp, "rb+") as f:
