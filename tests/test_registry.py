@@ -308,6 +308,20 @@ def test_the_bundled_default_ships_verified_and_beats_bicubic():
         assert e.metric("Set5", s).psnr > bicubic + 1.5
 
 
+# SRCNN's Set5 row (Y, shave = scale; Dong et al. 2016, as the EDSR and VDSR papers quote it):
+# the gate the bundled model must clear at every scale, without self-ensemble.
+SRCNN_SET5 = {2: 36.66, 3: 32.75, 4: 30.48}
+
+
+def test_the_bundled_default_beats_srcnn_on_set5_at_every_scale():
+    from edsr.weights import default_model
+
+    e = get_entry(default_model())
+    for s, srcnn in SRCNN_SET5.items():
+        m = e.metric("Set5", s)
+        assert m is not None and not m.self_ensemble and m.psnr > srcnn, (s, m)
+
+
 def test_the_bundled_numbers_are_what_eval_measures():
     """The registry's Set5 row is re-measured here from the shipped file: nothing typed by hand."""
     from edsr.evaluate import evaluate

@@ -280,17 +280,26 @@ _BUILTIN: tuple[WeightsEntry, ...] = (
 # --- trained here, bundled ------------------------------------------------------------------
 
 _BUNDLED_NAME = "mdsr-baseline-291"
-_BUNDLED_FILE = "mdsr_baseline_291-ab9db885.safetensors"
-_BUNDLED_SHA256 = "ab9db885d27baf7199af7fa179a07c8a43f46ed40eee19fa53296e6a5b071445"
-# Measured from the two runs' log.csv (sum of logged seconds/iteration).
+_BUNDLED_FILE = "mdsr_baseline_291-2c89d043.safetensors"
+_BUNDLED_SHA256 = "2c89d043fced0bde7870c2ce394392172e798f38266548aa5471daa6fc05e7fa"
+_BUNDLED_SIZE = 6464062
+# Stages 1-2 from their log.csv (sum of logged seconds/iteration); stage 3 from its run
+# directory (config.toml written to model.safetensors written, validation included).
 _STAGE1_ITERS, _STAGE1_WALL_S = 2000, 6153.0
 _STAGE2_ITERS, _STAGE2_WALL_S = 3600, 7194.0
-_BUNDLED_SIZE = 6464062
+_STAGE3_ITERS, _STAGE3_WALL_S = 12000, 7986.0
+# The stage-2 file stage 3 started from; it was the bundled model until stage 3 replaced it
+# (git history: commit ed133a8, src/edsr/assets/mdsr_baseline_291-ab9db885.safetensors).
+_STAGE2_SHA256 = "ab9db885d27baf7199af7fa179a07c8a43f46ed40eee19fa53296e6a5b071445"
 # The eval reports ``edsr eval --json`` wrote for the bundled file: the registry's numbers are
 # read from them, never typed in.
 BUNDLED_EVALS = ("mdsr_baseline_291.eval.json", "mdsr_baseline_291.eval-ensemble.json")
 _DATA_291 = "T91 (91 images) + BSD200 (200 images): the classic 291-image set, HR PNGs; LR made by MATLAB bicubic"
-_HARDWARE = "2-core Intel Xeon CPU (AVX-512, no AMX/AVX-512 BF16), 24 GiB, torch 2.13.0+cpu, fp32 channels-last"
+_HARDWARE = (
+    "a 2-core AMD EPYC CPU (AVX-512 BF16, no AMX), bf16 autocast channels-last, for stage 3 and "
+    "a 2-core Intel Xeon CPU (AVX-512, no AMX/AVX-512 BF16), fp32 channels-last, for stages 1-2; "
+    "24 GiB and torch 2.13.0+cpu on both"
+)
 
 
 def _bundled_mdsr() -> WeightsEntry:
@@ -317,26 +326,33 @@ def _bundled_mdsr() -> WeightsEntry:
         training=Training(
             command=(
                 "edsr train --preset mdsr-baseline --scale 2 3 4 --train T91 BSD200 --val Set5 "
-                "--init-from runs/edsr-baseline-x2/model.safetensors --iters 3600 "
-                "--lr-decay-every 2100 --val-every 500 --checkpoint-every 250 --out runs/mdsr-baseline-291"
+                "--init-from mdsr_baseline_291-ab9db885.safetensors --iters 12000 "
+                "--lr-decay-every 3000 --seed 1 --precision bf16 --val-every 500 "
+                "--checkpoint-every 250 --out runs/mdsr-baseline-291"
             ),
-            iterations=_STAGE1_ITERS + _STAGE2_ITERS,
-            wall_time_s=_STAGE1_WALL_S + _STAGE2_WALL_S,
+            iterations=_STAGE1_ITERS + _STAGE2_ITERS + _STAGE3_ITERS,
+            wall_time_s=_STAGE1_WALL_S + _STAGE2_WALL_S + _STAGE3_WALL_S,
             hardware=_HARDWARE,
             data=_DATA_291,
             notes=(
-                f"Two stages, both counted above. First an EDSR baseline x2 ({_STAGE1_ITERS:,} iterations, "
-                f"{_STAGE1_WALL_S / 3600:.1f} h): `edsr train --preset edsr-baseline --scale 2 --train T91 "
-                "--val Set5 --iters 2000 --out runs/edsr-baseline-x2`. Its body, head, final conv and x2 "
-                "upsampler start the MDSR (`--init-from` maps EDSR keys to MDSR's); the x3/x4 upsamplers "
-                f"and the pre-process blocks start from scratch ({_STAGE2_ITERS:,} iterations, "
-                f"{_STAGE2_WALL_S / 3600:.1f} h, learning rate 1e-4 halved at 2,100). The run began as "
-                "`--iters 3400 --lr-decay-every 2550`; it was stopped with Ctrl-C at step 1,552 and "
-                "resumed with `--iters 3600`, and at step 2,069 with `lr_decay_every = 2100` set in "
-                "the run's config.toml, each before the old value took effect; "
-                "batches and learning rate are functions of the step, so it equals a straight run "
-                "of the command. The shipped weights are the last ones, not the best on Set5, "
-                "stored in fp16."
+                f"Three stages, all counted above; the command is the last. Stage 1, an EDSR baseline "
+                f"x2 ({_STAGE1_ITERS:,} iterations, {_STAGE1_WALL_S / 3600:.1f} h): `edsr train --preset "
+                "edsr-baseline --scale 2 --train T91 --val Set5 --iters 2000 --out runs/edsr-baseline-x2`. "
+                "Stage 2, the MDSR started from it (`--init-from` maps EDSR keys to MDSR's: body, head, "
+                "final conv and x2 upsampler; the x3/x4 upsamplers and pre-process blocks from scratch), "
+                f"{_STAGE2_ITERS:,} iterations, {_STAGE2_WALL_S / 3600:.1f} h: `edsr train --preset "
+                "mdsr-baseline --scale 2 3 4 --train T91 BSD200 --val Set5 --init-from "
+                "runs/edsr-baseline-x2/model.safetensors --iters 3600 --lr-decay-every 2100 "
+                "--val-every 500 --checkpoint-every 250 --out runs/mdsr-baseline-291-stage2` (begun as "
+                "`--iters 3400 --lr-decay-every 2550`, stopped with Ctrl-C at steps 1,552 and 2,069 and "
+                "resumed with the final values before the old ones took effect; batches and learning "
+                "rate are functions of the step, so it equals a straight run). Its model, stored in fp16 by "
+                "`python scripts/bundle_model.py` "
+                f"(SHA-256 {_STAGE2_SHA256}, its Set5 curve in docs/training/) starts stage 3, "
+                "every tensor copied, with a fresh Adam state, a new seed, learning rate 1e-4 halved "
+                f"every 3,000 updates ({_STAGE3_ITERS:,} iterations, {_STAGE3_WALL_S / 3600:.1f} h, "
+                "bf16: 2.6x fp32 on that CPU, `python benchmarks/bench_train.py`). The shipped "
+                "weights are the last ones, not the best on Set5, stored in fp16."
             ),
         ),
         aliases=("default", "bundled"),
