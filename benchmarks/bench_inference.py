@@ -32,9 +32,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from edsr.inference.precision import cpu_has_native_bf16, prepare_model  # noqa: E402
 from edsr.models import build_model  # noqa: E402
 from edsr.models.common import ResBlock  # noqa: E402
-from edsr.precision import cpu_has_native_bf16, prepare_model  # noqa: E402
 
 
 def conv_flops(model: nn.Module, x: torch.Tensor, scale: int) -> int:

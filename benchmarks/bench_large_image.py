@@ -98,8 +98,8 @@ def main() -> None:
     import torch
 
     from edsr.inference import default_memory_budget, format_bytes, plan_tiles
+    from edsr.inference.precision import prepare_model
     from edsr.models import build_model
-    from edsr.precision import prepare_model
     from edsr.weights import save_model
 
     with tempfile.TemporaryDirectory(prefix="edsr-bench-") as tmp:

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edsr.data import PatchDataset, batch_loader
 from edsr.models import build_model
-from edsr.train import pick_precision
+from edsr.training.data import PatchDataset, batch_loader
+from edsr.training.loop import pick_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def plain_step_fn(model, opt):
 
 
 def project_step_fn(model, opt, precision: str):
-    """What edsr.train does per step: channels-last, autocast in the chosen precision."""
+    """What edsr.training.loop does per step: channels-last, autocast in the chosen precision."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model.to(memory_format=torch.channels_last)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from edsr.fileio import sha256_file
+from edsr.io.atomic import sha256_file
 from edsr.weights import load_model, save_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "edsr" / "assets"

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edsr.fileio import atomic_write
+from edsr.io.atomic import atomic_write
 from edsr.weights.registry import readme_table
 
 START = "<!-- models:start -->"

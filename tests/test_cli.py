@@ -186,8 +186,8 @@ def crops(tmp_path_factory):
 def test_eval_self_ensemble_is_the_mean_of_eight_transforms(crops, x2_model):
     from edsr.evaluate import discover, evaluate, load_pair
     from edsr.inference import ensemble_forward
+    from edsr.inference.precision import prepare_model
     from edsr.metrics import psnr
-    from edsr.precision import prepare_model
     from edsr.weights import load_model
 
     model = load_model(x2_model, device="cpu")

@@ -5,8 +5,15 @@ from PIL import Image
 
 from conftest import DATA
 from edsr import EdsrError
-from edsr.data import ImageCache, PatchDataset, Source, batch_loader, dihedral_np, find_sources
 from edsr.resize import imresize
+from edsr.training.data import (
+    ImageCache,
+    PatchDataset,
+    Source,
+    batch_loader,
+    dihedral_np,
+    find_sources,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from edsr.errors import EdsrError
-from edsr.fileio import atomic_write
+from edsr.io.atomic import atomic_write
 
 
 def _umask() -> int:

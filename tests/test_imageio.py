@@ -1,4 +1,4 @@
-"""Tests for edsr.imageio: reading every mode, the 16-bit PNG codec, errors and atomic writes."""
+"""Tests for edsr.io.image: reading every mode, the 16-bit PNG codec, errors and atomic writes."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from edsr import imageio
 from edsr.errors import EdsrError, ImageError
-from edsr.imageio import (
+from edsr.io import image as imageio
+from edsr.io.image import (
     IMAGE_EXTENSIONS,
     Image,
     find_images,

@@ -9,11 +9,11 @@ from PIL import Image as PILImage
 
 from conftest import DATA
 from edsr import EdsrError, save_model
-from edsr import precision as prec
 from edsr.cli import main
+from edsr.inference import precision as prec
 from edsr.inference import sr_forward, upscale_tensor
+from edsr.inference.precision import InferenceModel, prepare_model, resolve_precision
 from edsr.models.common import ResBlock
-from edsr.precision import InferenceModel, prepare_model, resolve_precision
 from sr_helpers import pass_through_model, small_edsr, small_mdsr
 
 

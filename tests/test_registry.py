@@ -289,7 +289,7 @@ BICUBIC_SET5 = {2: 33.68, 3: 30.40, 4: 28.43}
 
 
 def test_the_bundled_default_ships_verified_and_beats_bicubic():
-    from edsr.fileio import sha256_file
+    from edsr.io.atomic import sha256_file
     from edsr.models import count_parameters
     from edsr.weights import default_model, load_weights, weights_path
 

@@ -14,7 +14,6 @@ from PIL import Image as PILImage
 from conftest import DATA
 from edsr import EdsrError, build_model, save_model, upscale
 from edsr.cli import main
-from edsr.imageio import read_image
 from edsr.inference import (
     TilePlan,
     _alpha_rows,
@@ -30,6 +29,7 @@ from edsr.inference import (
     upscale_image_file,
     upscale_tensor,
 )
+from edsr.io.image import read_image
 from edsr.resize import imresize
 from sr_helpers import random_weights, small_edsr, small_mdsr
 

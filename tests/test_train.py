@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import DATA, crop_set
 from edsr import EdsrError, build_model, save_model
-from edsr.config import TrainConfig, read_toml, resolve, to_toml
-from edsr.train import learning_rate, train
+from edsr.training.config import TrainConfig, read_toml, resolve, to_toml
+from edsr.training.loop import learning_rate, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -113,7 +113,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
 
 
 def test_mdsr_trains_only_the_drawn_branch_and_every_branch_learns(tmp_path, small_val):
-    from edsr.data import PatchDataset
+    from edsr.training.data import PatchDataset
 
     cfg = tiny_cfg(tmp_path, preset="mdsr-baseline", scales=[2, 3, 4], iters=1, checkpoint_every=1, val_every=1)
     cfg.val = small_val
@@ -172,7 +172,7 @@ def test_init_from_x2_skips_only_the_upsampler(tmp_path, capsys):
 
 
 def test_init_from_edsr_x2_starts_an_mdsr_and_back(tmp_path, capsys):
-    from edsr.train import init_from
+    from edsr.training.loop import init_from
 
     x2 = build_model("edsr-baseline", scale=2)
     save_model(x2, tmp_path / "x2.safetensors")
@@ -199,7 +199,7 @@ def test_init_from_edsr_x2_starts_an_mdsr_and_back(tmp_path, capsys):
 
 
 def test_nan_loss_batch_is_skipped(tmp_path, monkeypatch, capsys):
-    import edsr.train as T
+    import edsr.training.loop as T
 
     real = T.F.l1_loss
     calls = {"n": 0}

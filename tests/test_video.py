@@ -126,7 +126,7 @@ def test_output_folder_name_and_no_overwrite(tmp_path, clip, model):
 
 def test_unsupported_container_codec_and_garbage(tmp_path, clip, model):
     with pytest.raises(EdsrError, match=r"cannot write '\.xyz' videos; use one of"):
-        from edsr.video import upscale_video
+        from edsr.inference.video import upscale_video
 
         upscale_video(clip, tmp_path / "out.xyz", model, 2)
     garbage = tmp_path / "fake.mp4"

@@ -135,7 +135,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     import json
 
     from edsr.evaluate import BICUBIC, evaluate, format_table
-    from edsr.fileio import atomic_write, check_writable
+    from edsr.io.atomic import atomic_write, check_writable
     from edsr.weights import default_model, resolve_model
 
     if args.shave is not None and args.shave < 0:
@@ -199,8 +199,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from edsr.config import resolve
-    from edsr.train import train
+    from edsr.training.config import resolve
+    from edsr.training.loop import train
 
     if args.resume:
         train(resume=args.resume, iters=args.iters, progress=not args.quiet)

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from edsr.errors import EdsrError
 from edsr.evaluate import BICUBIC, discover, load_pair, super_resolve
-from edsr.fileio import atomic_write, check_writable
+from edsr.io.atomic import atomic_write, check_writable
 from edsr.metrics import psnr
 
 SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"

@@ -16,3 +16,7 @@ class CheckpointError(EdsrError):
 
 class ImageError(EdsrError):
     """An image could not be read or written."""
+
+
+class Cancelled(Exception):
+    """Work stopped because its caller asked (``should_stop``): a server's timeout or shutdown."""

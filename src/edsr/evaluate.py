@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from edsr.errors import EdsrError
-from edsr.imageio import IMAGE_EXTENSIONS, find_images, read_image, write_png
 from edsr.inference import ensemble_forward, sr_forward
+from edsr.inference.precision import InferenceModel, prepare_model
+from edsr.io.image import IMAGE_EXTENSIONS, find_images, read_image, write_png
 from edsr.metrics import psnr, ssim
 from edsr.models import SRModel
-from edsr.precision import InferenceModel, prepare_model
 from edsr.resize import imresize
 
 BICUBIC = "bicubic"

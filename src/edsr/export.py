@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edsr.errors import EdsrError
-from edsr.fileio import atomic_write, check_writable
+from edsr.io.atomic import atomic_write, check_writable
 from edsr.models import MDSR, SRModel
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")

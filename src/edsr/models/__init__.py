@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from edsr.errors import EdsrError
+from edsr.models.common import SUPPORTED_SCALES_TEXT, supported_scale
 from edsr.models.edsr import EDSR
 from edsr.models.mdsr import MDSR
 
@@ -34,6 +36,27 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def check_scales(scales: int | Sequence[int]) -> tuple[int, ...]:
+    """Scales a user asked for, validated: whole numbers the upsampler can build, no repeats.
+
+    The one check of what a user typed (CLI flags, config files, API arguments); the model
+    constructors raise ``ValueError`` for the same conditions, as programmer errors.
+    """
+    items = [scales] if isinstance(scales, int) else list(scales)
+    out: list[int] = []
+    for s in items:
+        if isinstance(s, bool) or int(s) != s:
+            raise EdsrError(f"scale {s!r} is not a whole number")
+        if not supported_scale(int(s)):
+            raise EdsrError(f"scale {s} is not supported; use {SUPPORTED_SCALES_TEXT}")
+        if int(s) in out:
+            raise EdsrError(f"scale x{s} is given twice")
+        out.append(int(s))
+    if not out:
+        raise EdsrError("no scale given")
+    return tuple(out)
+
+
 def build_model(
     preset: str, *, scale: int | None = None, scales: tuple[int, ...] = (2, 3, 4)
 ) -> SRModel:
@@ -48,8 +71,9 @@ def build_model(
     if p.arch == "edsr":
         if scale is None:
             raise EdsrError(f"preset {preset!r} needs a scale (2, 3 or 4)")
+        (scale,) = check_scales(scale)
         return EDSR(scale=scale, n_resblocks=p.n_resblocks, n_feats=p.n_feats, res_scale=p.res_scale)
-    return MDSR(scales=tuple(scales), n_resblocks=p.n_resblocks, n_feats=p.n_feats)
+    return MDSR(scales=check_scales(scales), n_resblocks=p.n_resblocks, n_feats=p.n_feats)
 
 
 def model_from_config(config: dict) -> SRModel:
@@ -83,4 +107,14 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["EDSR", "MDSR", "PRESETS", "Preset", "SRModel", "build_model", "count_parameters", "model_from_config"]
+__all__ = [
+    "EDSR",
+    "MDSR",
+    "PRESETS",
+    "Preset",
+    "SRModel",
+    "build_model",
+    "check_scales",
+    "count_parameters",
+    "model_from_config",
+]

@@ -74,9 +74,14 @@ class Upsampler(nn.Sequential):
         elif scale == 3:
             layers += [conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
         else:
-            raise ValueError(f"scale must be 3 or a power of 2, got {scale}")
+            raise ValueError(f"scale must be {SUPPORTED_SCALES_TEXT}, got {scale}")
         super().__init__(*layers)
 
 
 def supported_scale(scale: int) -> bool:
+    """Whether the sub-pixel upsampler can be built for ``scale``: 3, or a power of 2."""
     return scale == 3 or (scale >= 2 and (scale & (scale - 1)) == 0)
+
+
+SUPPORTED_SCALES_TEXT = "3 or a power of 2 (2, 4, 8, ...)"
+

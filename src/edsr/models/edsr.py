@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from edsr.errors import EdsrError
-from edsr.models.common import MeanShift, ResBlock, Upsampler, conv, supported_scale
+from edsr.models.common import (
+    SUPPORTED_SCALES_TEXT,
+    MeanShift,
+    ResBlock,
+    Upsampler,
+    conv,
+    supported_scale,
+)
 
 
 class EDSR(nn.Module):
@@ -30,7 +37,7 @@ class EDSR(nn.Module):
     ) -> None:
         super().__init__()
         if not supported_scale(scale):
-            raise EdsrError(f"EDSR supports scale 2, 3, 4, 8 (3 or a power of 2), not {scale}")
+            raise ValueError(f"EDSR scale must be {SUPPORTED_SCALES_TEXT}, not {scale}")
         self.scale = scale
         self.n_resblocks = n_resblocks
         self.n_feats = n_feats

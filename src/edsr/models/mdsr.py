@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from edsr.errors import EdsrError
-from edsr.models.common import MeanShift, ResBlock, Upsampler, conv, supported_scale
+from edsr.models.common import (
+    SUPPORTED_SCALES_TEXT,
+    MeanShift,
+    ResBlock,
+    Upsampler,
+    conv,
+    supported_scale,
+)
 
 
 class MDSR(nn.Module):
@@ -30,10 +37,10 @@ class MDSR(nn.Module):
         super().__init__()
         scales = tuple(int(s) for s in scales)
         if not scales or len(set(scales)) != len(scales):
-            raise EdsrError(f"MDSR needs distinct scales, got {scales}")
+            raise ValueError(f"MDSR needs distinct scales, got {scales}")
         for s in scales:
             if not supported_scale(s):
-                raise EdsrError(f"MDSR supports scales that are 3 or a power of 2, not {s}")
+                raise ValueError(f"MDSR scales must be {SUPPORTED_SCALES_TEXT}, not {s}")
         self.scales = scales
         self.n_resblocks = n_resblocks
         self.n_feats = n_feats

@@ -14,7 +14,7 @@ Design, and why:
   away stops within one tile and frees its slot. A slot is only released when its thread has
   really finished, so the concurrency bound is honest.
 - Uploads are parsed in memory (bounded above), written to a per-request folder inside the
-  server's own temporary directory only so :func:`edsr.imageio.read_image` can decode them
+  server's own temporary directory only so :func:`edsr.io.image.read_image` can decode them
   (EXIF orientation, 16-bit PNGs, its error messages), and that folder is removed as soon as
   the response is sent; the whole directory goes at shutdown.
 """
@@ -56,8 +56,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from torch import nn
 
 from edsr.errors import EdsrError
-from edsr.imageio import Image, read_image, write_image
 from edsr.inference import default_memory_budget, parse_memory, plan_tiles, upscale
+from edsr.io.image import Image, read_image, write_image
 from edsr.resize import imresize_np
 from edsr.weights import registry
 from edsr.weights.registry import WeightsEntry, find_entry
@@ -67,7 +67,7 @@ log = logging.getLogger("edsr.serve")
 STATIC = Path(__file__).resolve().parent / "static"
 BICUBIC = "bicubic"
 
-# Pillow format names accepted as input: the formats edsr.imageio reads (IMAGE_EXTENSIONS).
+# Pillow format names accepted as input: the formats edsr.io.image reads (IMAGE_EXTENSIONS).
 # MPO is what Pillow calls many camera JPEGs; DIB is a BMP without the file header.
 _INPUT_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "WEBP"}
 _OUTPUT_FORMATS = {"png": (".png", "image/png"), "jpeg": (".jpg", "image/jpeg"),

@@ -17,7 +17,7 @@ from typing import Any
 import PIL.Image
 
 from edsr.errors import EdsrError
-from edsr.imageio import MAX_PIXELS_ENV
+from edsr.io.image import MAX_PIXELS_ENV
 from edsr.serve.app import ServeConfig, create_app, load_models
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from edsr.errors import CheckpointError, EdsrError
-from edsr.fileio import atomic_write, edsr_home, sha256_file
+from edsr.io.atomic import atomic_write, edsr_home, sha256_file
 from edsr.models import SRModel
 from edsr.weights.io import load_model, model_from_state_dict, read_checkpoint, save_model
 from edsr.weights.registry import ASSETS, REGISTRY, WeightsEntry, get_entry

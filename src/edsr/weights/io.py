@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edsr.errors import CheckpointError
-from edsr.fileio import atomic_write
+from edsr.io.atomic import atomic_write
 from edsr.models import SRModel, model_from_config
 from edsr.weights.convert import StateDict, normalize_state_dict
 from edsr.weights.detect import detect_config

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edsr.errors import EdsrError
-from edsr.fileio import atomic_write
+from edsr.io.atomic import atomic_write
 from edsr.models import PRESETS
 
 if sys.version_info >= (3, 11):

@@ -32,17 +32,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edsr.config import TrainConfig, load_config, save_config
-from edsr.data import PatchDataset, batch_loader
 from edsr.errors import EdsrError
 from edsr.evaluate import BICUBIC, evaluate
-from edsr.fileio import atomic_write, sha256_file
+from edsr.inference.precision import cpu_has_native_bf16
+from edsr.io.atomic import atomic_write, sha256_file
 from edsr.models import SRModel, build_model
-from edsr.plot import line_chart
-from edsr.precision import cpu_has_native_bf16
+from edsr.training.config import TrainConfig, load_config, save_config
+from edsr.training.data import PatchDataset, batch_loader
+from edsr.training.plot import line_chart
 from edsr.weights import detect_config, read_checkpoint, save_model
 
-log = logging.getLogger("edsr.train")
+log = logging.getLogger("edsr.training.loop")
 
 _RUN_FILES = ("config.toml", "log.csv", "val.csv", "bicubic.csv", "loss.png", "psnr.png", "model.safetensors",
               "model_latest.safetensors", "model_best.safetensors")

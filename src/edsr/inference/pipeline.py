@@ -16,16 +16,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import struct
 import threading
 import warnings
 import weakref
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,10 +32,11 @@ from torch import nn
 from tqdm import tqdm
 
 from edsr.errors import EdsrError
-from edsr.fileio import atomic_write, check_writable
-from edsr.imageio import IMAGE_EXTENSIONS, Image, find_images, read_image, write_image
+from edsr.inference.precision import InferenceModel, prepare_model, unwrap
+from edsr.io.atomic import atomic_write, check_writable
+from edsr.io.image import IMAGE_EXTENSIONS, Image, find_images, max_side, read_image, write_image
+from edsr.io.png import PngStripWriter
 from edsr.models import SRModel
-from edsr.precision import InferenceModel, prepare_model, unwrap
 from edsr.resize import imresize
 
 # BT.601 luma weights (what PIL's convert("L") uses) to turn the model's RGB output for a
@@ -598,7 +597,7 @@ def upscale(
     Integer outputs are rounded and clipped; float outputs are clipped to the input range.
     Large images are processed in exact tiles (``tile``, ``max_memory``: see
     :func:`upscale_tensor`); ``ensemble=True`` is the paper's self-ensemble (EDSR+/MDSR+).
-    For speed, pass a model from :func:`edsr.precision.prepare_model`.
+    For speed, pass a model from :func:`edsr.inference.precision.prepare_model`.
     """
     opts = {"tile": tile, "max_memory": max_memory, "ensemble": ensemble}
     if isinstance(image, PILImage.Image):
@@ -767,87 +766,6 @@ def _upscale_pil(img: PILImage.Image, model: Model, scale: int | None, **opts) -
     return PILImage.fromarray(out, mode=img.mode)
 
 
-# --------------------------------------------------------------------------------------------
-# Streaming PNG output for images too large to hold in memory
-# --------------------------------------------------------------------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_FILTER_COST = np.minimum(np.arange(256), 256 - np.arange(256)).astype(np.uint8)
-_PNG_MAX_SIDE = 2**31 - 1
-# Largest width/height each writer accepts (Pillow's JPEG and WebP encoders).
-_MAX_SIDE = {".jpg": 65535, ".jpeg": 65535, ".webp": 16383, ".png": _PNG_MAX_SIDE}
-
-
-class PngStripWriter:
-    """Write a PNG from bands of rows, top to bottom, so the image never has to be in memory.
-
-    Each row gets filter None, Sub or Up, whichever has the smallest sum of absolute signed
-    bytes (libpng's heuristic); zlib level 6. 8- or 16-bit, 1 to 4 channels.
-    """
-
-    def __init__(
-        self, f: BinaryIO, width: int, height: int, channels: int, dtype: np.dtype
-    ) -> None:
-        if not (0 < width <= _PNG_MAX_SIDE and 0 < height <= _PNG_MAX_SIDE):
-            raise EdsrError(
-                f"a {width}x{height} image is too large for PNG (at most {_PNG_MAX_SIDE} a side)"
-            )
-        self.f = f
-        self.width, self.height, self.channels = width, height, channels
-        self.depth = 16 if np.dtype(dtype) == np.uint16 else 8
-        self.bpp = channels * self.depth // 8
-        self.rows_written = 0
-        self._above = np.zeros((1, width * self.bpp), np.uint8)
-        self._z = zlib.compressobj(6)
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        ctype = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-        f.write(_PNG_SIGNATURE)
-        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, self.depth, ctype, 0, 0, 0))
-
-    def _chunk(self, ctype: bytes, body: bytes) -> None:
-        self.f.write(struct.pack(">I", len(body)) + ctype + body)
-        self.f.write(struct.pack(">I", zlib.crc32(ctype + body)))
-
-    def write_rows(self, rows: np.ndarray) -> None:
-        """Append ``rows`` of shape (h, width, channels)."""
-        if rows.shape[1:] != (self.width, self.channels):
-            raise ValueError(
-                f"rows of shape {rows.shape} do not fit a {self.width}x{self.channels} image"
-            )
-        if self.rows_written + rows.shape[0] > self.height:
-            raise ValueError("more rows than the image height")
-        data = np.ascontiguousarray(rows, dtype=">u2" if self.depth == 16 else np.uint8)
-        data = data.reshape(rows.shape[0], -1).view(np.uint8)
-        for start in range(0, data.shape[0], 256):  # bounds the temporary arrays
-            block = data[start : start + 256]
-            above = data[start - 1 : start] if start else self._above
-            sub = block.copy()
-            sub[:, self.bpp :] -= block[:, : -self.bpp]
-            up = block - np.concatenate([above, block[:-1]])
-            candidates = np.stack([block, sub, up])
-            choice = _FILTER_COST[candidates].sum(axis=2, dtype=np.uint64).argmin(axis=0)
-            filtered = np.empty((block.shape[0], 1 + block.shape[1]), np.uint8)
-            filtered[:, 0] = choice
-            filtered[:, 1:] = candidates[choice, np.arange(block.shape[0])]
-            piece = self._z.compress(filtered.tobytes())
-            if piece:
-                self._pending.append(piece)
-                self._pending_size += len(piece)
-            if self._pending_size >= 1 << 20:
-                self._chunk(b"IDAT", b"".join(self._pending))
-                self._pending, self._pending_size = [], 0
-        self._above = data[-1:].copy()
-        self.rows_written += rows.shape[0]
-
-    def close(self) -> None:
-        if self.rows_written != self.height:
-            raise ValueError(f"wrote {self.rows_written} of {self.height} rows")
-        self._pending.append(self._z.flush())
-        self._chunk(b"IDAT", b"".join(self._pending))
-        self._chunk(b"IEND", b"")
-
-
 class _StripSink(_ArraySink):
     """Holds one band of HR rows; complete bands go to a :class:`PngStripWriter`."""
 
@@ -925,11 +843,11 @@ def upscale_image_file(
     img = read_image(src)
     h, w, c = img.pixels.shape
     suffix = dst.suffix.lower()
-    max_side = _MAX_SIDE.get(suffix, _PNG_MAX_SIDE)
-    if max(h, w) * scale > max_side:
+    limit = max_side(suffix)
+    if max(h, w) * scale > limit:
         raise EdsrError(
             f"{dst}: the {w * scale}x{h * scale} result is too large for {suffix} files (at most "
-            f"{max_side} pixels a side); write a .png file instead"
+            f"{limit} pixels a side); write a .png file instead"
         )
     pixels = (
         img.pixels
@@ -984,9 +902,9 @@ def upscale_files(
     Every destination is checked before any work starts, so a run that would overwrite a
     file without ``overwrite`` fails at once instead of half-way through. Images are tiled
     (see :func:`upscale_tensor`), so any size fits in memory. ``precision``/``compile`` prepare
-    the model once (see :func:`edsr.precision.prepare_model`); ``frames`` limits videos.
+    the model once (see :func:`edsr.inference.precision.prepare_model`); ``frames`` limits videos.
     """
-    from edsr.video import VIDEO_EXTENSIONS, upscale_video, video_output_path
+    from edsr.inference.video import VIDEO_EXTENSIONS, upscale_video, video_output_path
 
     scale = resolve_scale(model, scale)
     if frames is not None and frames < 1:

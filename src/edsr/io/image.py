@@ -35,6 +35,8 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "Image",
     "find_images",
+    "max_side",
+    "to_8bit",
     "read_image",
     "write_image",
     "write_png",
@@ -58,6 +60,24 @@ _PIL_WRITERS: dict[str, tuple[str, dict[str, object], bool, int]] = {
     ".tif": ("TIFF", {}, True, 2**31 - 1),
     ".tiff": ("TIFF", {}, True, 2**31 - 1),
 }
+
+_PNG_MAX_SIDE = 2**31 - 1
+
+
+def max_side(suffix: str) -> int:
+    """Largest width or height a file with this suffix can hold (PNG for unknown suffixes)."""
+    entry = _PIL_WRITERS.get(suffix.lower())
+    return entry[3] if entry is not None else _PNG_MAX_SIDE
+
+
+def to_8bit(samples: np.ndarray) -> np.ndarray:
+    """8-bit samples for 8- or 16-bit ones: 0..65535 rounded to the nearest of 0..255."""
+    if samples.dtype == np.uint8:
+        return samples
+    if samples.dtype != np.uint16:
+        raise ValueError(f"expected uint8 or uint16 samples, got {samples.dtype}")
+    return ((samples.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
 
 _EXIF_ORIENTATION = 0x0112
 

@@ -20,8 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edsr.errors import EdsrError
-from edsr.fileio import atomic_write, check_writable
-from edsr.inference import _ArraySink, _run_into, default_memory_budget, resolve_scale
+from edsr.inference.pipeline import _ArraySink, _run_into, default_memory_budget, resolve_scale
+from edsr.io.atomic import atomic_write, check_writable
 
 #: Suffixes treated as videos by ``edsr upscale``.
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(

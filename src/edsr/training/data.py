@@ -23,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 from edsr.errors import EdsrError, ImageError
-from edsr.fileio import atomic_write, edsr_home, sha256_file
-from edsr.imageio import IMAGE_EXTENSIONS, find_images, read_image
+from edsr.io.atomic import atomic_write, edsr_home, sha256_file
+from edsr.io.image import IMAGE_EXTENSIONS, find_images, read_image
 from edsr.resize import imresize
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Training: configuration, data, the loop and the run folder it keeps."""
