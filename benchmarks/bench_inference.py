@@ -129,14 +129,16 @@ def main() -> None:
     peak32, where32 = conv_peak(torch.float32)
     peak16, where16 = conv_peak(torch.bfloat16)
     print(
-        f"3x3 conv peak: fp32 {peak32:.0f} GFLOP/s ({where32}), bf16 {peak16:.0f} GFLOP/s ({where16})"
+        f"3x3 conv peak: fp32 {peak32:.0f} GFLOP/s ({where32}), "
+        f"bf16 {peak16:.0f} GFLOP/s ({where16})"
     )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
     base = statistics.median(times["public (fp32 NCHW, unfolded)"])
     rows = []
     print(
-        f"\n{'case':36s} {'median s':>9s} {'speed-up':>9s} {'GFLOP/s':>8s} {'% of peak':>9s} {'max|diff|':>10s}"
+        f"\n{'case':36s} {'median s':>9s} {'speed-up':>9s} {'GFLOP/s':>8s} "
+        f"{'% of peak':>9s} {'max|diff|':>10s}"
     )
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -156,7 +158,8 @@ def main() -> None:
             }
         )
         print(
-            f"{name:36s} {med:9.3f} {base / med:8.2f}x {rate:8.0f} {100 * rate / peak:8.0f}% {diffs[name]:10.2e}"
+            f"{name:36s} {med:9.3f} {base / med:8.2f}x {rate:8.0f} "
+            f"{100 * rate / peak:8.0f}% {diffs[name]:10.2e}"
         )
     if args.json:
         Path(args.json).write_text(

@@ -151,7 +151,8 @@ def main() -> None:
         Image.MAX_IMAGE_PIXELS = None  # our own 144-megapixel output, not a decompression bomb
         a = np.asarray(Image.open(tmp / "out_default.png"))
         print(
-            f"output {a.shape[1]}x{a.shape[0]} checked readable; load average: {os.getloadavg()[0]:.2f}"
+            f"output {a.shape[1]}x{a.shape[0]} checked readable; "
+            f"load average: {os.getloadavg()[0]:.2f}"
         )
     if args.json:
         Path(args.json).write_text(

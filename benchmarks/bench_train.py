@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from edsr.inference.precision import precision_name, resolve_precision
 from edsr.models import build_model
 from edsr.training.data import PatchDataset, batch_loader
-from edsr.training.loop import pick_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def main() -> None:
     s, b, p = args.scale, args.batch, args.patch
     lr = torch.rand(b, 3, p, p) * 255
     hr = torch.rand(b, 3, p * s, p * s) * 255
-    auto = pick_precision("auto", torch.device("cpu"))
+    auto = precision_name(resolve_precision("auto", torch.device("cpu")))
     cases = {
         "plain fp32 NCHW": plain_step_fn,
         "project fp32 channels-last": lambda m, o: project_step_fn(m, o, "fp32"),
@@ -85,12 +85,17 @@ def main() -> None:
             fn(lr, hr, s)
             times[name].append(time.perf_counter() - t)
     base = statistics.median(times["plain fp32 NCHW"])
-    print(f"{args.preset} x{s}, batch {b}, LR patch {p}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.preset} x{s}, batch {b}, LR patch {p}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"  {name:<30} {med:7.3f} s/step   speed-up vs plain {base / med:5.2f}x")
 
-    data = PatchDataset([args.data], [s], patch_size=p, cache_dir="/tmp/edsr-bench-cache", progress=False)
+    data = PatchDataset(
+        [args.data], [s], patch_size=p, cache_dir="/tmp/edsr-bench-cache", progress=False
+    )
     n = 200
     t = time.perf_counter()
     for _ in batch_loader(data, 0, n, b, seed=0):
@@ -98,8 +103,11 @@ def main() -> None:
     rate = n * b / (time.perf_counter() - t)
     fastest = min(statistics.median(ts) for ts in times.values())
     need = b / fastest
-    print(f"  loader: {rate:,.0f} patches/s in-process; the fastest step consumes {need:,.1f} patches/s "
-          f"({rate / need:,.0f}x headroom)")
+    print(
+        f"  loader: {rate:,.0f} patches/s in-process; "
+        f"the fastest step consumes {need:,.1f} patches/s "
+        f"({rate / need:,.0f}x headroom)"
+    )
 
 
 if __name__ == "__main__":

@@ -71,13 +71,20 @@ def png(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def gif(frames: list[np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    first, *rest = (Image.fromarray(f) for f in frames)
+    first.save(buf, "GIF", save_all=True, append_images=rest)
+    return buf.getvalue()
+
+
 def make_cases(n: int, size: int, max_pixels: int, upload_mb: float, seed: int) -> list[Case]:
-    """A fixed, shuffled mix: 2/3 good requests (PNG, JPEG and WebP out, some self-ensemble),
-    1/3 bad ones of six kinds."""
+    """A fixed, shuffled mix: 2/3 good requests (PNG, JPEG and WebP out, some self-ensemble, a
+    GIF in), 1/3 bad ones of six kinds."""
     rng = np.random.default_rng(seed)
     big_side = int(max_pixels**0.5) + 8  # just over the pixel limit, a small file
     too_big = b"\x89PNG" + bytes(int(upload_mb * 2**20) + 1024)
-    kinds = ["good"] * 8 + ["good-jpeg", "good-webp", "good-ensemble", "good-bicubic"]
+    kinds = ["good"] * 7 + ["good-jpeg", "good-webp", "good-ensemble", "good-bicubic", "good-gif"]
     kinds += ["corrupt", "not-image", "too-many-pixels", "too-large", "bad-scale", "unknown-model"]
     cases = []
     for i in range(n):
@@ -97,6 +104,8 @@ def make_cases(n: int, size: int, max_pixels: int, upload_mb: float, seed: int) 
             fields["ensemble"] = "true"
         elif kind == "good-bicubic":
             fields["model"] = "bicubic"
+        elif kind == "good-gif":  # the first frame of an animation, as the CLI takes it
+            image = gif([rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2)])
         elif kind == "corrupt":
             image, expect, out = image[: len(image) // 2], 422, None
         elif kind == "not-image":

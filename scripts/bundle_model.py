@@ -6,7 +6,8 @@ Writes ``src/edsr/assets/<stem>-<sha8>.safetensors`` (fp16 weights, config in th
 prints the SHA-256 and size for the registry entry. The eval reports that fill the entry's
 metrics are then made from the bundled file itself, so they measure what users get:
 
-    edsr eval --model mdsr-baseline-291 --data SET ... --scale 2 3 4 --json src/edsr/assets/<name>.eval.json
+    edsr eval --model mdsr-baseline-291 --data SET ... --scale 2 3 4 \
+        --json src/edsr/assets/<name>.eval.json
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from edsr.io.atomic import sha256_file
+from edsr.io.cache import sha256_file
 from edsr.weights import load_model, save_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "edsr" / "assets"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from edsr.io.atomic import atomic_write
-from edsr.weights.registry import readme_table
+from edsr.weights import readme_table
 
 START = "<!-- models:start -->"
 END = "<!-- models:end -->"

@@ -25,7 +25,10 @@ def need_shared(*parts: str) -> Path:
     root = shared_datasets()
     path = root.joinpath(*parts) if root else None
     if path is None or not path.exists():
-        pytest.skip(f"needs the shared data set {'/'.join(parts)} (set EDSR_DATA or place ../shared/datasets)")
+        pytest.skip(
+            f"needs the shared data set {'/'.join(parts)} "
+            "(set EDSR_DATA or place ../shared/datasets)"
+        )
     return path
 
 

@@ -37,7 +37,19 @@ def run(args, capsys):
 def test_upscale_rgb_file_as_a_user_would(tmp_path, x2_model):
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "edsr", "upscale", DATA / "Set5/HR/bird.png", "-o", out, "--model", x2_model, "--scale", "2"],
+        [
+            sys.executable,
+            "-m",
+            "edsr",
+            "upscale",
+            DATA / "Set5/HR/bird.png",
+            "-o",
+            out,
+            "--model",
+            x2_model,
+            "--scale",
+            "2",
+        ],
         capture_output=True,
         text=True,
     )
@@ -68,7 +80,9 @@ def test_upscale_modes_and_no_overwrite(tmp_path, x2_model, capsys):
     code, _, err = run(["upscale", src, "-o", out, "--model", x2_model, "--quiet"], capsys)
     assert code == 1 and "already exists; pass --overwrite" in err and err.count("\n") == 1
     assert (out / "gray_x2.png").read_bytes() == before
-    code, _, err = run(["upscale", src, "-o", out, "--model", x2_model, "--quiet", "--overwrite"], capsys)
+    code, _, err = run(
+        ["upscale", src, "-o", out, "--model", x2_model, "--quiet", "--overwrite"], capsys
+    )
     assert code == 0, err
     assert not list(out.rglob("*.tmp"))
 
@@ -76,7 +90,17 @@ def test_upscale_modes_and_no_overwrite(tmp_path, x2_model, capsys):
 def test_single_output_file_name(tmp_path, mdsr_model, capsys):
     dst = tmp_path / "big.png"
     code, _, err = run(
-        ["upscale", DATA / "Set5/HR/butterfly.png", "-o", dst, "--model", mdsr_model, "--scale", "3", "--quiet"],
+        [
+            "upscale",
+            DATA / "Set5/HR/butterfly.png",
+            "-o",
+            dst,
+            "--model",
+            mdsr_model,
+            "--scale",
+            "3",
+            "--quiet",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -117,7 +141,9 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, x2_model, capsys, c
         inp, model = DATA / "Set5/HR/bird.png", d / "resnet.pt"
     elif case == "no_checkpoint":
         inp, model = DATA / "Set5/HR/bird.png", d / "nope.pt"
-    code, _, err = run(["upscale", inp, "-o", d / "out", "--model", model, "--quiet", *extra], capsys)
+    code, _, err = run(
+        ["upscale", inp, "-o", d / "out", "--model", model, "--quiet", *extra], capsys
+    )
     assert code != 0
     assert expected in err
     assert err.startswith("edsr: error: ") and err.count("\n") == 1, err
@@ -126,7 +152,10 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, x2_model, capsys, c
 
 def test_decompression_bomb_message(tmp_path, x2_model, capsys, monkeypatch):
     monkeypatch.setenv("EDSR_MAX_IMAGE_PIXELS", "1000")
-    code, _, err = run(["upscale", DATA / "Set5/HR/bird.png", "-o", tmp_path, "--model", x2_model, "--quiet"], capsys)
+    code, _, err = run(
+        ["upscale", DATA / "Set5/HR/bird.png", "-o", tmp_path, "--model", x2_model, "--quiet"],
+        capsys,
+    )
     assert code == 1 and "EDSR_MAX_IMAGE_PIXELS" in err and err.count("\n") == 1
 
 
@@ -139,7 +168,22 @@ def test_bad_flag_is_a_usage_error(capsys):
 
 def test_eval_bicubic_json(tmp_path, capsys):
     dst = tmp_path / "r.json"
-    code, out, err = run(["eval", "--model", "bicubic", "--data", DATA / "Set5", "--scale", "2", "4", "--json", dst, "--quiet"], capsys)
+    code, out, err = run(
+        [
+            "eval",
+            "--model",
+            "bicubic",
+            "--data",
+            DATA / "Set5",
+            "--scale",
+            "2",
+            "4",
+            "--json",
+            dst,
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads(dst.read_text())
     cells = {(r["dataset"], r["scale"]): r for r in report["results"]}
@@ -151,7 +195,20 @@ def test_eval_bicubic_json(tmp_path, capsys):
 
 def test_eval_mdsr_every_scale_and_save_images(tmp_path, mdsr_model, capsys):
     code, out, err = run(
-        ["eval", "--model", mdsr_model, "--data", DATA / "Set5", "--scale", "2", "3", "4", "--save-images", tmp_path, "--quiet"],
+        [
+            "eval",
+            "--model",
+            mdsr_model,
+            "--data",
+            DATA / "Set5",
+            "--scale",
+            "2",
+            "3",
+            "4",
+            "--save-images",
+            tmp_path,
+            "--quiet",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -162,18 +219,26 @@ def test_eval_mdsr_every_scale_and_save_images(tmp_path, mdsr_model, capsys):
 
 def test_eval_errors(tmp_path, x2_model, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = run(["eval", "--model", "bicubic", "--data", tmp_path / "empty", "--scale", "2"], capsys)
+    code, _, err = run(
+        ["eval", "--model", "bicubic", "--data", tmp_path / "empty", "--scale", "2"], capsys
+    )
     assert code == 1 and "no images" in err
-    code, _, err = run(["eval", "--model", "bicubic", "--data", tmp_path / "missing", "--scale", "2"], capsys)
+    code, _, err = run(
+        ["eval", "--model", "bicubic", "--data", tmp_path / "missing", "--scale", "2"], capsys
+    )
     assert code == 1 and "does not exist" in err
-    code, _, err = run(["eval", "--model", x2_model, "--data", DATA / "Set5", "--scale", "4"], capsys)
+    code, _, err = run(
+        ["eval", "--model", x2_model, "--data", DATA / "Set5", "--scale", "4"], capsys
+    )
     assert code == 1 and "cannot be evaluated at x4" in err
     bench = tmp_path / "Bench"
     (bench / "HR").mkdir(parents=True)
     (bench / "LR_bicubic" / "X2").mkdir(parents=True)
     Image.new("RGB", (20, 16)).save(bench / "HR" / "a.png")
     Image.new("RGB", (9, 8)).save(bench / "LR_bicubic" / "X2" / "ax2.png")
-    code, _, err = run(["eval", "--model", "bicubic", "--data", bench, "--scale", "2", "--quiet"], capsys)
+    code, _, err = run(
+        ["eval", "--model", "bicubic", "--data", bench, "--scale", "2", "--quiet"], capsys
+    )
     assert code == 1 and "ax2.png is 9x8" in err and "needs 10x8" in err
 
 
@@ -199,15 +264,32 @@ def test_eval_self_ensemble_is_the_mean_of_eight_transforms(crops, x2_model):
     for row, hr_path in zip(plus["results"][0]["per_image"], evalset.hr_files, strict=True):
         lr, hr = load_pair(evalset, hr_path, 2)
         sr = ensemble_forward(fast, lr[None].float(), 2)[0].clamp(0, 255).round().to(torch.uint8)
-        assert row["psnr"] == pytest.approx(float(psnr(sr, hr, crop_border=2, y_channel=True)[0]), abs=1e-9)
+        assert row["psnr"] == pytest.approx(
+            float(psnr(sr, hr, crop_border=2, y_channel=True)[0]), abs=1e-9
+        )
     # An untrained model's 8 outputs differ, so their mean is a different picture.
     assert plus["results"][0]["psnr"] != plain["results"][0]["psnr"]
 
 
 def test_eval_self_ensemble_flag_and_its_errors(crops, x2_model, capsys, tmp_path):
-    code, out, _ = run(["eval", "--model", x2_model, "--data", crops, "--scale", "2", "--self-ensemble", "--quiet"], capsys)
+    code, out, _ = run(
+        [
+            "eval",
+            "--model",
+            x2_model,
+            "--data",
+            crops,
+            "--scale",
+            "2",
+            "--self-ensemble",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0 and " x2+ " in out
-    code, _, err = run(["eval", "--model", "bicubic", "--data", crops, "--scale", "2", "--self-ensemble"], capsys)
+    code, _, err = run(
+        ["eval", "--model", "bicubic", "--data", crops, "--scale", "2", "--self-ensemble"], capsys
+    )
     assert code == 1 and "bicubic has no ensemble" in err and err.count("\n") == 1
 
 
@@ -221,7 +303,9 @@ def test_without_model_the_bundled_default_is_used(crops, capsys, tmp_path):
     row = out.splitlines()[1].split()
     assert row[1] == "x4" and 10 < float(row[2]) < 60
     dst = tmp_path / "bird_x3.png"
-    code, _, err = run(["upscale", crops / "HR" / "bird.png", "-o", dst, "--scale", "3", "--quiet"], capsys)
+    code, _, err = run(
+        ["upscale", crops / "HR" / "bird.png", "-o", dst, "--scale", "3", "--quiet"], capsys
+    )
     assert code == 0, err
     assert Image.open(dst).size == (216, 216)
 

@@ -84,7 +84,9 @@ def test_layouts_and_existing_lr_files(tmp_path):
     srcs = find_sources([bench, div2k, flat], [2])
     assert [s.hr.name for s in srcs] == ["a.png", "0001.png", "g.png"]
     assert srcs[0].lr == {2: bench / "LR_bicubic" / "X2" / "ax2.png"}
-    data = PatchDataset([bench, div2k, flat], [2], patch_size=8, cache_dir=tmp_path / "c", progress=False)
+    data = PatchDataset(
+        [bench, div2k, flat], [2], patch_size=8, cache_dir=tmp_path / "c", progress=False
+    )
     # The data set's own LR file is used, not a fresh bicubic one (it is pure red here).
     assert data.lr[2][0][0, 0].tolist() == [200, 0, 0]
     assert data.hr[2].shape == (36, 36, 3), "gray training images become RGB"
@@ -94,22 +96,34 @@ def test_small_images_are_skipped_per_scale_with_a_warning(tmp_path):
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
     Image.new("RGB", (20, 20)).save(tmp_path / "small.png")
     with pytest.warns(UserWarning, match="x4: 1 image"):
-        data = PatchDataset([tmp_path], [2, 4], patch_size=8, cache_dir=tmp_path / "c", progress=False)
+        data = PatchDataset(
+            [tmp_path], [2, 4], patch_size=8, cache_dir=tmp_path / "c", progress=False
+        )
     assert len(data.eligible[2]) == 2 and len(data.eligible[4]) == 1
 
 
 def test_bad_data_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EdsrError, match="no training images"):
+    with pytest.raises(EdsrError, match="no images in training directory"):
         PatchDataset([tmp_path / "empty"], [2], cache_dir=tmp_path / "c", progress=False)
     with pytest.raises(EdsrError, match="does not exist"):
         PatchDataset([tmp_path / "nope"], [2], cache_dir=tmp_path / "c", progress=False)
     Image.new("RGB", (20, 20)).save(tmp_path / "tiny.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(EdsrError, match="large enough"), pytest.warns(UserWarning, match="unreadable"):
+    with (
+        pytest.raises(EdsrError, match="large enough"),
+        pytest.warns(UserWarning, match="unreadable"),
+    ):
         PatchDataset([tmp_path], [2], patch_size=48, cache_dir=tmp_path / "c", progress=False)
     with pytest.raises(EdsrError, match="broken.png"):
-        PatchDataset([tmp_path], [2], patch_size=4, cache_dir=tmp_path / "c", on_bad_image="fail", progress=False)
+        PatchDataset(
+            [tmp_path],
+            [2],
+            patch_size=4,
+            cache_dir=tmp_path / "c",
+            on_bad_image="fail",
+            progress=False,
+        )
 
 
 def test_cache_detects_damage_and_rebuilds(tmp_path):

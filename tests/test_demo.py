@@ -7,12 +7,12 @@ from PIL import Image
 from edsr import EdsrError
 from edsr.cli import main
 from edsr.demo import SAMPLES, pick_crop, run_demo
-from edsr.weights import default_model, resolve_model
+from edsr.weights import load_model
 
 
 @pytest.fixture(scope="module")
 def bundled():
-    return resolve_model(default_model(), device="cpu")
+    return load_model()
 
 
 def test_bundled_model_beats_bicubic_on_every_sample(tmp_path, bundled):
@@ -26,13 +26,17 @@ def test_bundled_model_beats_bicubic_on_every_sample(tmp_path, bundled):
         assert png.format == "PNG" and png.width == 3 * w + 4 * 8 and png.height > hr.height
 
 
-def test_demo_refuses_to_replace_earlier_output_unless_asked(tmp_path, bundled):
+def test_demo_rerun_replaces_only_its_own_files(tmp_path, bundled):
+    # Issue 13.3: the demo owns its output names, so running it twice just works.
+    other = tmp_path / "notes.png"
+    other.write_bytes(b"not the demo's")
     first = run_demo(bundled, tmp_path, scale=2)
-    before = {r.comparison: r.comparison.stat().st_mtime_ns for r in first}
-    with pytest.raises(EdsrError, match="--overwrite"):
-        run_demo(bundled, tmp_path, scale=2)
-    assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert len(run_demo(bundled, tmp_path, scale=2, overwrite=True)) == len(first)
+    for r in first:
+        r.comparison.write_bytes(b"stale")
+    again = run_demo(bundled, tmp_path, scale=2)
+    assert [r.comparison for r in again] == [r.comparison for r in first]
+    assert all(Image.open(r.comparison).format == "PNG" for r in again)
+    assert other.read_bytes() == b"not the demo's"
     with pytest.raises(EdsrError, match="not x5"):
         run_demo(bundled, tmp_path, scale=5)
 
@@ -48,6 +52,7 @@ def test_pick_crop_finds_where_the_error_is():
 def test_cli_demo(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path), "--scale", "3"]) == 0
     out = capsys.readouterr().out
-    assert "mean gain over bicubic: +" in out and len(list(tmp_path.glob("*_x3_comparison.png"))) == 2
-    assert main(["demo", "-o", str(tmp_path), "--scale", "3"]) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    assert (
+        "mean gain over bicubic: +" in out and len(list(tmp_path.glob("*_x3_comparison.png"))) == 2
+    )
+    assert main(["demo", "-o", str(tmp_path), "--scale", "3"]) == 0

@@ -18,7 +18,8 @@ import torch
 
 from edsr import EdsrError, build_model, load_model
 from edsr.cli import main
-from edsr.models import EDSR
+from edsr.io.cache import sha256_file
+from edsr.models import EDSR, Preset
 from edsr.weights import (
     REGISTRY,
     WeightsEntry,
@@ -26,12 +27,11 @@ from edsr.weights import (
     import_checkpoint,
     is_cached,
     load_weights,
-    resolve_model,
     verify_file,
     weights_path,
 )
 from edsr.weights import download as download_module
-from edsr.weights.download import cache_dir, hash_matches, sha256_file
+from edsr.weights.download import cache_dir, hash_matches
 
 
 class _Server:
@@ -122,11 +122,8 @@ def _entry(urls, body, **kw) -> WeightsEntry:
     digest = hashlib.sha256(body).hexdigest()
     fields = dict(
         name="test-edsr-baseline-x2",
-        arch="edsr",
+        preset="edsr-baseline",
         scales=(2,),
-        n_resblocks=16,
-        n_feats=64,
-        res_scale=1.0,
         filename=f"test_x2-{digest[:8]}.pt",
         sha256=digest[:8],  # a prefix only, as for the official files
         parameters=1_369_859,
@@ -187,17 +184,19 @@ def test_good_file_downloads_verifies_and_loads(server, home, checkpoint, capsys
     assert isinstance(model, EDSR) and _same_outputs(model, ref)
 
 
-def test_full_hash_and_registry_name_through_resolve_model(server, home, checkpoint, monkeypatch):
+def test_full_hash_and_registry_name_through_load_model(server, home, checkpoint, monkeypatch):
     body, ref = checkpoint
     server.routes["/good.pt"] = ("ok", body)
     e = _entry([server.url("/good.pt")], body, sha256=hashlib.sha256(body).hexdigest())
     monkeypatch.setitem(REGISTRY, e.name, e)
-    model = resolve_model("test-edsr-baseline-x2", device="cpu", progress=False)
+    model = load_model("test-edsr-baseline-x2", device="cpu", progress=False)
     assert _same_outputs(model, ref)
     assert main(["weights", "download", "test-edsr-baseline-x2", "--quiet"]) == 0
     assert server.requests == ["/good.pt"]
-    with pytest.raises(EdsrError, match="upscales x2 only"):
-        resolve_model("test-edsr-baseline-x2", scale=3, device="cpu")
+    with pytest.raises(
+        EdsrError, match="test-edsr-baseline-x2 is an x2 model; it cannot upscale x3"
+    ):
+        load_model("test-edsr-baseline-x2", scale=3, device="cpu")
     out = home.parent / "by-name.safetensors"
     assert main(["weights", "import", "test-edsr-baseline-x2", "-o", str(out), "--quiet"]) == 0
     assert _same_outputs(load_model(out), ref) and server.requests == ["/good.pt"]
@@ -214,8 +213,7 @@ def test_registry_res_scale_is_applied_to_an_official_layout_file(server, home, 
     e = _entry(
         [server.url("/small.pt")],
         body,
-        n_resblocks=2,
-        n_feats=8,
+        preset=Preset("test-2x8", "edsr", 2, 8, 1.0, "2 blocks x 8 features"),
         res_scale=0.1,
         parameters=sum(p.numel() for p in ref.parameters() if p.requires_grad),
     )
@@ -381,15 +379,17 @@ def test_cli_import_converts_and_refuses_to_overwrite(tmp_path, checkpoint, caps
     assert (
         main(["weights", "import", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.st")]) == 1
     )
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert main(["weights", "import", "no-such-name", "-o", str(tmp_path / "m.st")]) == 1
     assert "neither a file nor a known weights name" in capsys.readouterr().err
 
 
-def test_resolve_model_still_takes_files_and_names_unknown_ones(tmp_path, checkpoint):
+def test_load_model_still_takes_files_and_names_unknown_ones(tmp_path, checkpoint):
     body, ref = checkpoint
     src = tmp_path / "edsr-x2"  # a file wins over the registry name it happens to spell
     src.write_bytes(body)
-    assert _same_outputs(resolve_model(str(src), device="cpu"), ref)
+    assert _same_outputs(load_model(str(src), device="cpu"), ref)
     with pytest.raises(EdsrError, match="does not exist"):
-        resolve_model(str(tmp_path / "nope.pt"), device="cpu")
+        load_model(str(tmp_path / "nope.pt"), device="cpu")
     with pytest.raises(EdsrError, match="neither a file nor a known weights name"):
-        resolve_model("no-such-model", device="cpu")
+        load_model("no-such-model", device="cpu")

@@ -51,7 +51,7 @@ def test_onnx_runs_in_onnxruntime_at_any_size(tmp_path, make, scale):
     import onnx
 
     model = make().eval()
-    path = export_model(model, tmp_path / "m.onnx", "onnx", scale=scale)
+    path = export_model(model, tmp_path / "m.onnx", "onnx", scale=scale).path
     proto = onnx.load(str(path))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"]
@@ -69,7 +69,7 @@ def test_onnx_runs_in_onnxruntime_at_any_size(tmp_path, make, scale):
 )
 def test_torchscript_loads_with_jit_load_and_matches(tmp_path, make, scale):
     model = make().eval()
-    path = export_model(model, tmp_path / "m.pt", "torchscript", scale=scale)
+    path = export_model(model, tmp_path / "m.pt", "torchscript", scale=scale).path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         loaded = torch.jit.load(str(path))
@@ -82,15 +82,15 @@ def test_torchscript_loads_with_jit_load_and_matches(tmp_path, make, scale):
 
 def test_safetensors_round_trip_and_single_scale_mdsr(tmp_path):
     model = small_mdsr(std=0.05)
-    every = load_model(export_model(model, tmp_path / "all.safetensors", "safetensors"))
+    every = load_model(export_model(model, tmp_path / "all.safetensors", "safetensors").path)
     assert every.scales == (2, 3, 4)
-    one = load_model(export_model(model, tmp_path / "x3.safetensors", "safetensors", scale=3))
+    one = load_model(export_model(model, tmp_path / "x3.safetensors", "safetensors", scale=3).path)
     assert one.scales == (3,)
     x = torch.rand(1, 3, 9, 7) * 255
     assert np.abs(reference(one, x, 3) - reference(model, x, 3)).max() <= 1e-4
     assert np.abs(reference(every, x, 4) - reference(model, x, 4)).max() <= 1e-4
     edsr = small_edsr(2, res_scale=0.1, std=0.05)
-    back = load_model(export_model(edsr, tmp_path / "e.safetensors", "safetensors"))
+    back = load_model(export_model(edsr, tmp_path / "e.safetensors", "safetensors").path)
     assert (
         back.res_scale == 0.1
         and np.abs(reference(back, x, 2) - reference(edsr, x, 2)).max() <= 1e-4
@@ -147,3 +147,26 @@ def test_cli_export(tmp_path, capsys):
     if HAVE_ORT:
         diff = verify_export(load_model(ckpt), tmp_path / "m.onnx", "onnx", scale=3)
         assert diff is not None and diff <= 1e-3
+
+
+def test_safetensors_export_keeps_every_scale_from_the_cli(tmp_path, capsys):
+    # Issue 13.10: the help says safetensors keeps all scales; it used to fail with the ONNX
+    # one-scale message after writing the file.
+    ckpt = tmp_path / "mdsr.safetensors"
+    model = small_mdsr(std=0.05)
+    save_model(model, ckpt)
+    out = tmp_path / "m.safetensors"
+    code = main(["export", str(ckpt), "--format", "safetensors", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert load_model(out).scales == model.scales
+    assert "x2/x3/x4" in capsys.readouterr().out
+
+
+def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    import edsr.export as export_module
+
+    monkeypatch.setattr(export_module, "verify_export", lambda *a, **k: 0.5)
+    dst = tmp_path / "m.pt"
+    with pytest.raises(EdsrError, match="differs from PyTorch by 0.5"):
+        export_model(small_edsr(2), dst, "torchscript")
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ import torch
 
 from conftest import DATA
 from edsr import EDSR, MDSR, EdsrError, build_model, count_parameters
+from edsr.models import check_scales
 
 OFFICIAL = json.loads((DATA / "official_state_dict_keys.json").read_text())
 
@@ -42,7 +43,15 @@ def test_parameter_count_and_official_layout(name):
 
 
 @pytest.mark.parametrize(
-    "preset,scale", [("edsr-baseline", 2), ("edsr-baseline", 3), ("edsr-baseline", 4), ("edsr", 2), ("edsr", 3), ("edsr", 4)]
+    "preset,scale",
+    [
+        ("edsr-baseline", 2),
+        ("edsr-baseline", 3),
+        ("edsr-baseline", 4),
+        ("edsr", 2),
+        ("edsr", 3),
+        ("edsr", 4),
+    ],
 )
 def test_edsr_forward_backward(preset, scale):
     model = build_model(preset, scale=scale)
@@ -86,14 +95,27 @@ def test_mdsr_rejects_unsupported_scale():
 def test_edsr_rejects_other_scale_and_bad_construction():
     with pytest.raises(EdsrError, match="x2 only"):
         EDSR(scale=2)(torch.zeros(1, 3, 4, 4), 3)
-    with pytest.raises(EdsrError):
+    # Constructors: programmer errors (ValueError), as in torchvision.
+    with pytest.raises(ValueError, match="3 or a power of 2"):
         EDSR(scale=5)
-    with pytest.raises(EdsrError):
+    with pytest.raises(ValueError, match="distinct"):
         MDSR(scales=(2, 2))
+    # What a user typed goes through the one scale check (EdsrError, one line).
     with pytest.raises(EdsrError, match="unknown preset"):
         build_model("rcan", scale=2)
     with pytest.raises(EdsrError, match="needs a scale"):
         build_model("edsr")
+    with pytest.raises(EdsrError, match="scale 5 is not supported; use 3 or a power of 2"):
+        build_model("edsr", scale=5)
+    with pytest.raises(EdsrError, match="x2 is given twice"):
+        build_model("mdsr", scales=(2, 2))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8, 16])
+def test_every_supported_scale_builds_and_upscales(scale):
+    (s,) = check_scales(scale)
+    model = EDSR(scale=s, n_resblocks=1, n_feats=8)
+    assert model(torch.zeros(1, 3, 3, 5)).shape == (1, 3, 3 * scale, 5 * scale)
 
 
 def test_mean_shift_values():

@@ -9,18 +9,23 @@ import torch
 from conftest import DATA, REPO
 from edsr import EdsrError, count_parameters
 from edsr.cli import main
-from edsr.models import model_from_config
-from edsr.weights import REGISTRY, WeightsEntry, find_entry, get_entry, register, unregister
-from edsr.weights.registry import (
-    PROTOCOL_BENCHMARK,
-    PROTOCOL_DIV2K,
+from edsr.models import PRESETS, Preset, model_from_config
+from edsr.weights import (
+    REGISTRY,
     Metric,
     Training,
+    WeightsEntry,
     describe,
+    find_entry,
     format_table,
+    get_entry,
     metrics_from_eval_json,
+    paper_res_scale,
     readme_table,
+    register,
+    unregister,
 )
+from edsr.weights.entry import PROTOCOL_BENCHMARK, PROTOCOL_DIV2K
 
 OFFICIAL = json.loads((DATA / "official_state_dict_keys.json").read_text())
 
@@ -121,6 +126,33 @@ def test_published_set5_numbers_from_the_paper():
     assert REGISTRY["edsr-baseline-x2"].metric("Set5", 2) is None  # the spec gives none
 
 
+def test_entries_take_their_sizes_from_the_presets():
+    """Model sizes live in edsr.models.PRESETS only: entries name a preset, detection asks it."""
+    for e in REGISTRY.values():
+        p = PRESETS[e.model_preset.name]
+        assert (e.arch, e.n_resblocks, e.n_feats, e.res_scale) == (
+            p.arch,
+            p.n_resblocks,
+            p.n_feats,
+            p.res_scale,
+        )
+        shown = json.loads(json.dumps(dataclasses.asdict(e)))  # what `weights list --json` says
+        assert (shown["preset"], shown["arch"], shown["n_feats"]) == (p.name, p.arch, p.n_feats)
+    for p in PRESETS.values():
+        assert paper_res_scale(p.n_resblocks, p.n_feats) == (
+            p.res_scale if p.arch == "edsr" else 1.0
+        )
+    assert paper_res_scale(7, 24) == 1.0  # no preset of that size: no residual scaling
+    # A size no preset has comes as a Preset of its own; res_scale only where it differs.
+    tiny = Preset("tiny", "edsr", 2, 8, 1.0, "2 blocks x 8 features")
+    e = dataclasses.replace(
+        REGISTRY["edsr-baseline-x2"], name="tiny-x2", preset=tiny, res_scale=0.5
+    )
+    assert (e.n_resblocks, e.n_feats, e.res_scale) == (2, 8, 0.5) and e.config()["n_feats"] == 8
+    with torch.device("meta"):
+        assert model_from_config(e.config()).n_resblocks == 2
+
+
 def test_entries_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         REGISTRY["edsr-x2"].res_scale = 1.0
@@ -152,7 +184,7 @@ def test_entry_validation_catches_typos():
     for bad in (
         {"sha256": "1bc9523"},  # too short to be worth checking
         {"sha256": "1BC95232"},  # must be lowercase hex
-        {"arch": "rcan"},
+        {"preset": "rcan"},
         {"scales": (2, 3)},
         {"source": "somewhere"},
         {"urls": ()},
@@ -198,11 +230,8 @@ def test_a_trained_here_bundled_entry_fits_the_registry(tmp_path):
     )
     e = WeightsEntry(
         name="mdsr-baseline-291",
-        arch="mdsr",
+        preset="mdsr-baseline",
         scales=(2, 3, 4),
-        n_resblocks=16,
-        n_feats=64,
-        res_scale=1.0,
         filename="mdsr_baseline_291.safetensors",
         sha256="0" * 64,
         parameters=3_227_203,
@@ -289,7 +318,7 @@ BICUBIC_SET5 = {2: 33.68, 3: 30.40, 4: 28.43}
 
 
 def test_the_bundled_default_ships_verified_and_beats_bicubic():
-    from edsr.io.atomic import sha256_file
+    from edsr.io.cache import sha256_file
     from edsr.models import count_parameters
     from edsr.weights import default_model, load_weights, weights_path
 
@@ -298,11 +327,17 @@ def test_the_bundled_default_ships_verified_and_beats_bicubic():
     assert e.source == "trained here" and e.bundled and not e.urls and e.full_hash
     assert path.stat().st_size == e.size and sha256_file(path) == e.sha256
     assert count_parameters(load_weights(e, device="cpu")) == e.parameters
-    assert e.training is not None and e.training.command.startswith("edsr train --preset mdsr-baseline")
+    assert e.training is not None and e.training.command.startswith(
+        "edsr train --preset mdsr-baseline"
+    )
     for d in ("Set5", "Set14", "B100"):
         for s in (2, 3, 4):
             plain, plus = e.metric(d, s), e.metric(d, s, self_ensemble=True)
-            assert plain is not None and plain.kind == "measured" and plain.protocol == f"Y (BT.601), shave {s}"
+            assert (
+                plain is not None
+                and plain.kind == "measured"
+                and plain.protocol == f"Y (BT.601), shave {s}"
+            )
             assert plus is not None and plus.psnr > plain.psnr
     for s, bicubic in BICUBIC_SET5.items():
         assert e.metric("Set5", s).psnr > bicubic + 1.5
@@ -331,4 +366,6 @@ def test_the_bundled_numbers_are_what_eval_measures():
     report = evaluate(load_weights(e, device="cpu"), [DATA / "Set5"], [2, 3, 4], progress=False)
     for r in report["results"]:
         m = e.metric("Set5", r["scale"])
-        assert r["psnr"] == pytest.approx(m.psnr, abs=1e-4) and r["ssim"] == pytest.approx(m.ssim, abs=1e-4)
+        assert r["psnr"] == pytest.approx(m.psnr, abs=1e-4) and r["ssim"] == pytest.approx(
+            m.ssim, abs=1e-4
+        )

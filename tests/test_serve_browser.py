@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("starlette", reason="needs the 'serve' extra (starlette)")
+pytest.importorskip("fastapi", reason="needs the 'serve' extra (fastapi)")
 pytest.importorskip("uvicorn", reason="needs the 'serve' extra (uvicorn)")
 pytest.importorskip("python_multipart", reason="needs the 'serve' extra (python-multipart)")
 pytest.importorskip("selenium", reason="needs selenium (pip install selenium)")

@@ -16,7 +16,7 @@ from edsr import EdsrError, build_model, save_model, upscale
 from edsr.cli import main
 from edsr.inference import (
     TilePlan,
-    _alpha_rows,
+    alpha_rows,
     iter_tiles,
     min_tile,
     parse_memory,
@@ -228,7 +228,7 @@ def test_alpha_band_equals_rows_of_whole_resize():
     a = torch.rand(1, 1, 37, 23) * 255
     whole = imresize(a.double(), 3).float()
     for r0, r1 in [(0, 5), (5, 20), (20, 37), (0, 37)]:
-        assert torch.allclose(_alpha_rows(a, 3, r0, r1), whole[..., r0 * 3 : r1 * 3, :], atol=1e-4)
+        assert torch.allclose(alpha_rows(a, 3, r0, r1), whole[..., r0 * 3 : r1 * 3, :], atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 from edsr import EdsrError, save_model
 from edsr.cli import main
 from edsr.inference import upscale_files
+from edsr.io.video import transform_video
 from sr_helpers import pass_through_model
 
 av = pytest.importorskip("av", reason="PyAV is not installed (pip install 'edsr[video]')")
@@ -149,3 +150,22 @@ def test_cli_video(tmp_path, clip, model, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert len(probe(dst)["frames"]) == 2
+
+
+def test_io_video_takes_a_frame_callback_and_knows_no_model(tmp_path, clip):
+    """Nearest-neighbour x3 as the callback: every frame in order, timing and audio kept."""
+    seen, progress = [], []
+
+    def nearest_x3(rgb: np.ndarray) -> np.ndarray:
+        seen.append(rgb.shape)
+        return rgb.repeat(3, axis=0).repeat(3, axis=1)
+
+    dst = transform_video(
+        clip, tmp_path / "n.mkv", nearest_x3, scale=3, on_frame=lambda d, t: progress.append(d)
+    )
+    got, src = probe(dst), probe(clip)
+    assert seen == [(H, W, 3)] * N_FRAMES and progress == list(range(1, N_FRAMES + 1))
+    assert got["size"] == (3 * W, 3 * H) and got["rate"] == FPS
+    assert got["audio"] == src["audio"]
+    for a, b in zip(got["frames"], src["frames"], strict=True):
+        assert np.abs(a[::3, ::3].astype(int) - b.astype(int)).mean() < 6

@@ -2,8 +2,13 @@ import pickle
 
 import pytest
 import torch
+from PIL import Image
 
-from edsr import CheckpointError, build_model, detect_config, load_model, save_model
+import edsr
+from conftest import DATA
+from edsr import CheckpointError, EdsrError, build_model, detect_config, load_model, save_model
+from edsr.cli import main
+from edsr.weights import REGISTRY, default_model, get_entry, read_checkpoint
 from edsr.weights.convert import normalize_state_dict
 
 SMALL = [("edsr-baseline", 2), ("edsr-baseline", 3), ("edsr-baseline", 4), ("mdsr-baseline", None)]
@@ -54,7 +59,10 @@ def test_every_layout_loads_with_identical_outputs(tmp_path, preset, scale):
         "state_dict.pth": {"state_dict": sd, "epoch": 3},
         "model.pt": {"model": sd},
         "params.pth": {"params": sd},
-        "params_ema.pth": {"params_ema": sd, "params": {k: torch.zeros_like(v) for k, v in sd.items()}},
+        "params_ema.pth": {
+            "params_ema": sd,
+            "params": {k: torch.zeros_like(v) for k, v in sd.items()},
+        },
         "module.pt": {"module." + k: v for k, v in sd.items()},
         "compiled.pt": {"_orig_mod." + k: v for k, v in sd.items()},
         "ddp_compiled.pt": {"state_dict": {"module._orig_mod." + k: v for k, v in sd.items()}},
@@ -82,8 +90,16 @@ def test_basicsr_mean_is_rebuilt_exactly():
 @pytest.mark.parametrize(
     "preset,scale,expected",
     [
-        ("edsr-baseline", 3, {"arch": "edsr", "scale": 3, "n_resblocks": 16, "n_feats": 64, "res_scale": 1.0}),
-        ("edsr", 4, {"arch": "edsr", "scale": 4, "n_resblocks": 32, "n_feats": 256, "res_scale": 0.1}),
+        (
+            "edsr-baseline",
+            3,
+            {"arch": "edsr", "scale": 3, "n_resblocks": 16, "n_feats": 64, "res_scale": 1.0},
+        ),
+        (
+            "edsr",
+            4,
+            {"arch": "edsr", "scale": 4, "n_resblocks": 32, "n_feats": 256, "res_scale": 0.1},
+        ),
         ("mdsr", None, {"arch": "mdsr", "scales": [2, 3, 4], "n_resblocks": 80, "n_feats": 64}),
     ],
 )
@@ -143,7 +159,9 @@ def test_strict_errors_name_keys(tmp_path):
         load_model(tmp_path / "missing.pt")
     extra = dict(sd, **{"attention.weight": torch.zeros(3)})
     torch.save(extra, tmp_path / "extra.pt")
-    with pytest.raises(CheckpointError, match="unexpected 1 key.*attention.weight.*not an EDSR/MDSR"):
+    with pytest.raises(
+        CheckpointError, match="unexpected 1 key.*attention.weight.*not an EDSR/MDSR"
+    ):
         load_model(tmp_path / "extra.pt")
     bad = dict(sd)
     bad["body.5.body.0.weight"] = torch.zeros(64, 64, 5, 5)
@@ -196,3 +214,99 @@ def test_pickle_needing_code_is_refused(tmp_path, capsys):
     torch.save({"model": Evil()}, tmp_path / "evil2.pt")
     with pytest.raises(CheckpointError, match="only arbitrary code could load"):
         load_model(tmp_path / "evil2.pt")
+
+
+# --- issue 13 point 2: load_model() / load_model(NAME) / load_model(PATH), offline --------------
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDSR_OFFLINE", "1")
+    monkeypatch.setenv("EDSR_HOME", str(tmp_path / "home"))  # an empty cache
+
+
+def test_load_model_without_a_name_is_the_bundled_default_offline(offline):
+    model = edsr.load_model()
+    entry = get_entry(default_model())
+    assert model.config() == entry.config() and not model.training
+    by_name = edsr.load_model("mdsr-baseline-291")
+    assert by_name.config() == model.config()
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(by_name.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+
+
+def test_python_upscale_with_the_default_model_is_x4(offline):
+    """The README's first Python lines, offline: a multi-scale model without a scale gives x4."""
+    image = Image.open(DATA / "Set5" / "HR" / "bird.png").crop((100, 100, 140, 132))
+    assert edsr.upscale(image, edsr.load_model()).size == (160, 128)
+
+
+def test_readme_python_example_runs_offline_as_written(offline, tmp_path, monkeypatch):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    Image.open(DATA / "Set5" / "HR" / "bird.png").crop((0, 0, 48, 40)).save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["big"].size == (192, 160)
+
+
+def test_load_model_unknown_name_lists_the_names_in_one_line(offline):
+    with pytest.raises(EdsrError) as info:
+        edsr.load_model("mdsr-baseline-29")
+    msg = str(info.value)
+    assert "neither a file nor a known weights name" in msg and "\n" not in msg
+    assert "did you mean mdsr-baseline-291" in msg and all(n in msg for n in REGISTRY)
+
+
+def test_load_model_by_name_needs_the_network_or_the_cache(offline):
+    with pytest.raises(EdsrError, match="EDSR_OFFLINE is set"):
+        edsr.load_model("edsr-baseline-x2")
+
+
+def test_load_model_takes_files_and_checks_the_device(tmp_path):
+    path = save_model(build_model("edsr-baseline", scale=2), tmp_path / "m.safetensors")
+    assert load_model(path).scales == (2,) and load_model(str(path), device="cpu").scales == (2,)
+    with pytest.raises(EdsrError, match="unknown device 'gpu0'"):
+        load_model(path, device="gpu0")
+
+
+# --- issue 13 point 11: non-finite weights are refused at load -----------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_tensor_and_file(tmp_path, value, capsys):
+    model = build_model("edsr-baseline", scale=2)
+    with torch.no_grad():
+        model.body[3].body[0].weight[0, 0, 1, 1] = value
+    saved = save_model(model, tmp_path / "bad.safetensors")
+    torch.save(model.state_dict(), tmp_path / "bad.pt")
+    what = "NaN" if value != value else "infinite"
+    for path in (saved, tmp_path / "bad.pt"):
+        with pytest.raises(CheckpointError) as info:
+            load_model(path)
+        msg = str(info.value)
+        assert str(path) in msg and "body.3.body.0.weight" in msg and what in msg, msg
+        assert "\n" not in msg
+        with pytest.raises(CheckpointError, match="body.3.body.0.weight"):
+            read_checkpoint(path)  # the one gate every loader (training's --init-from too) passes
+    # The CLI reports it as one line and writes nothing.
+    out = tmp_path / "out.png"
+    code = main(
+        [
+            "upscale",
+            str(DATA / "Set5/HR/bird.png"),
+            "-o",
+            str(out),
+            "--model",
+            str(saved),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and not out.exists() and err.count("\n") == 1
+    assert "body.3.body.0.weight" in err and str(saved) in err

@@ -5,11 +5,10 @@
 >>> big = edsr.upscale(pil_image, model)
 """
 
-__version__ = "0.1.0"
-
 from edsr.errors import CheckpointError, EdsrError, ImageError
 from edsr.inference import upscale
 from edsr.models import EDSR, MDSR, PRESETS, build_model, count_parameters
+from edsr.version import __version__
 from edsr.weights import detect_config, load_model, save_model
 
 __all__ = [

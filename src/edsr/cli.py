@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from edsr import __version__
 from edsr.errors import EdsrError
+from edsr.export import FORMATS
+from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
+from edsr.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,57 +34,89 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_MODEL_HELP = (
+    "checkpoint file (.pt, .pth or .safetensors) or a name from 'edsr weights list' "
+    "(default: the bundled MDSR, x2/x3/x4)"
+)
+_RES_SCALE_HELP = "override the residual scaling the checkpoint cannot store"
+_DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda if available)"
+
+
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("upscale", help="upscale images", description="Upscale image files or folders.")
-    p.add_argument("inputs", nargs="+", help="image files or directories (searched recursively), or one video file")
-    p.add_argument("-o", "--output", required=True, help="output directory, or a file name for one input")
-    p.add_argument(
-        "--model",
-        help="checkpoint file (.pt, .pth or .safetensors) or a name from 'edsr weights list' "
-        "(default: the bundled MDSR, x2/x3/x4)",
+    p = sub.add_parser(
+        "upscale", help="upscale images", description="Upscale image files, folders or a video."
     )
-    p.add_argument("--scale", type=_positive_int, help="upscaling factor (default: the model's only scale)")
-    p.add_argument("--res-scale", type=float, help="override the residual scaling the checkpoint cannot store")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files or directories (searched recursively), or one video file",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="output directory, or a file name for one input"
+    )
+    p.add_argument("--model", help=_MODEL_HELP)
+    p.add_argument(
+        "--scale",
+        type=_positive_int,
+        help="upscaling factor (default: the model's only scale, else x4)",
+    )
+    p.add_argument("--res-scale", type=float, help=_RES_SCALE_HELP)
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave inputs whose output exists alone (resume a folder where it stopped)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--tile",
         type=_positive_int,
-        help="process in tiles of N LR pixels (incl. context); default: as large as --max-memory allows",
+        help="tiles of N LR pixels (incl. context); default: as large as --max-memory allows",
     )
     p.add_argument(
         "--max-memory",
         metavar="SIZE",
-        help="memory for the model's work, e.g. 2GB, 512MiB (default: half the free RAM, 80%% of a GPU's)",
+        help="memory for the model's work, e.g. 2GB, 512MiB "
+        "(default: half the free RAM, 80%% of a GPU's)",
     )
-    p.add_argument("--ensemble", action="store_true", help="self-ensemble (EDSR+/MDSR+): mean of 8 flips/rotations, 8x slower")
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="self-ensemble (EDSR+/MDSR+): mean of 8 flips/rotations, 8x slower",
+    )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16", "auto"),
+        choices=PRECISION_CHOICES,
         default="auto",
-        help="compute precision (default auto: bf16 on GPUs and CPUs with AMX/AVX-512 BF16, else fp32)",
+        help="compute precision (default auto: bf16 on GPUs and on CPUs with AMX or "
+        "AVX-512 BF16, else fp32)",
     )
     p.add_argument(
         "--compile",
         action="store_true",
-        help="use torch.compile: about a minute to start; for GPUs and long runs (no gain measured on CPU)",
+        help="use torch.compile: about a minute to start; for GPUs and long runs",
     )
-    p.add_argument("--frames", type=_positive_int, help="videos: upscale only the first N frames (a preview)")
+    p.add_argument(
+        "--frames", type=_positive_int, help="videos: upscale only the first N frames (a preview)"
+    )
     p.set_defaults(func=_run_upscale)
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
     from edsr.inference import upscale_files
-    from edsr.weights import default_model, resolve_model
+    from edsr.weights import load_model
 
-    model = resolve_model(args.model or default_model(), scale=args.scale, res_scale=args.res_scale, device=args.device)
-    written = upscale_files(
+    model = load_model(
+        args.model, scale=args.scale, res_scale=args.res_scale, device=args.device or "auto"
+    )
+    result = upscale_files(
         args.inputs,
         args.output,
         model,
         args.scale,
         overwrite=args.overwrite,
+        skip_existing=args.skip_existing,
         progress=not args.quiet,
         tile=args.tile,
         max_memory=args.max_memory,
@@ -88,10 +124,23 @@ def _run_upscale(args: argparse.Namespace) -> int:
         precision=args.precision,
         compile=args.compile,
         frames=args.frames,
+        say=_say(args.quiet),
     )
-    if not args.quiet:
-        print(f"wrote {len(written)} image(s) to {args.output}")
-    return 0
+    for path, reason in result.failed:
+        print(f"edsr: skipped {path}: {reason}", file=sys.stderr)
+    if not args.quiet or not result.ok:
+        print(result.summary(args.output))
+    return 0 if result.ok else 1
+
+
+def _say(quiet: bool) -> Callable[[str], None]:
+    """Where the library's one-line notes go: stderr, unless --quiet."""
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr)
+
+    return say
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -104,16 +153,25 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
-        help="'bicubic', a checkpoint file or a name from 'edsr weights list' (default: the bundled MDSR)",
+        help="'bicubic', a checkpoint file or a name from 'edsr weights list' "
+        "(default: the bundled MDSR)",
     )
     p.add_argument("--data", nargs="+", required=True, help="data set folders (HR/, DIV2K or flat)")
-    p.add_argument("--scale", nargs="+", type=_positive_int, required=True, help="scales to evaluate")
-    p.add_argument("--json", dest="json_path", help="write the full results (per image too) to this file")
+    p.add_argument(
+        "--scale", nargs="+", type=_positive_int, required=True, help="scales to evaluate"
+    )
+    p.add_argument(
+        "--json", dest="json_path", help="write the full results (per image too) to this file"
+    )
     p.add_argument("--save-images", help="write the upscaled images under this folder")
     colour = p.add_mutually_exclusive_group()
-    colour.add_argument("--y-channel", dest="y_channel", action="store_true", default=None, help="measure on Y")
+    colour.add_argument(
+        "--y-channel", dest="y_channel", action="store_true", default=None, help="measure on Y"
+    )
     colour.add_argument("--rgb", dest="y_channel", action="store_false", help="measure on RGB")
-    p.add_argument("--shave", type=int, help="pixels to shave from each border (default: per data set)")
+    p.add_argument(
+        "--shave", type=int, help="pixels to shave from each border (default: per data set)"
+    )
     p.add_argument(
         "--gray-as-rgb",
         action="store_true",
@@ -124,9 +182,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="score the geometric self-ensemble (the paper's EDSR+/MDSR+ rows; 8x slower)",
     )
-    p.add_argument("--res-scale", type=float, help="override the residual scaling the checkpoint cannot store")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing --json/--save-images files")
+    p.add_argument("--res-scale", type=float, help=_RES_SCALE_HELP)
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing --json/--save-images files"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
 
@@ -136,14 +196,16 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from edsr.evaluate import BICUBIC, evaluate, format_table
     from edsr.io.atomic import atomic_write, check_writable
-    from edsr.weights import default_model, resolve_model
+    from edsr.models import SRModel
+    from edsr.weights import load_model
 
     if args.shave is not None and args.shave < 0:
         raise EdsrError(f"--shave must be 0 or more, got {args.shave}")
     if args.json_path:
         check_writable(Path(args.json_path), overwrite=args.overwrite)
-    spec = args.model or default_model()
-    model = BICUBIC if spec == BICUBIC else resolve_model(spec, res_scale=args.res_scale, device=args.device)
+    model: SRModel | str = BICUBIC
+    if args.model != BICUBIC:
+        model = load_model(args.model, res_scale=args.res_scale, device=args.device or "auto")
     report = evaluate(
         model,
         args.data,
@@ -161,10 +223,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         with atomic_write(args.json_path, overwrite=args.overwrite) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json_path}")
-    return 0
+    return 1 if report["skipped"] else 0
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from edsr.models import PRESETS
+    from edsr.training.config import TrainConfig
+
     p = sub.add_parser(
         "train",
         help="train EDSR or MDSR with the paper's recipe",
@@ -172,25 +237,76 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "48x48 LR patches, batch 16). Values come from the preset's recipe, then --config, "
         "then flags. Under torchrun every process trains one shard of each batch.",
     )
-    p.add_argument("--preset", help="edsr-baseline, edsr, mdsr-baseline or mdsr")
-    p.add_argument("--scale", nargs="+", type=_positive_int, dest="scales", help="scale(s); MDSR takes several")
-    p.add_argument("--train", nargs="+", help="training folders (DIV2K, HR/ benchmark layout, or flat)")
+    d = TrainConfig()  # the defaults shown are the ones the run gets (the paper's recipe)
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help=f"model preset (default {d.preset}; each brings the paper's recipe)",
+    )
+    p.add_argument(
+        "--scale",
+        nargs="+",
+        type=_positive_int,
+        dest="scales",
+        help="scale(s); MDSR takes several (default: 2 for EDSR, 2 3 4 for MDSR)",
+    )
+    p.add_argument(
+        "--train", nargs="+", help="training folders (DIV2K, HR/ benchmark layout, or flat)"
+    )
     p.add_argument("--val", help="validation set folder (PSNR/SSIM every --val-every iterations)")
     p.add_argument("--out", help="run directory (default runs/<preset>-x<scale>)")
-    p.add_argument("--iters", type=_positive_int, help="total iterations")
-    p.add_argument("--batch-size", type=_positive_int, help="global batch size (split over processes)")
-    p.add_argument("--patch-size", type=_positive_int, help="LR patch size (HR = patch x scale)")
-    p.add_argument("--lr", type=float, help="initial learning rate")
-    p.add_argument("--lr-decay-every", type=_positive_int, help="halve the learning rate every N updates")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], help="default auto")
-    p.add_argument("--init-from", help="trained model to start from (all but the upsampler)")
-    p.add_argument("--val-every", type=_positive_int, help="validate every N iterations")
-    p.add_argument("--checkpoint-every", type=_positive_int, help="save a checkpoint every N iterations")
-    p.add_argument("--log-every", type=_positive_int, help="log loss every N iterations")
-    p.add_argument("--workers", type=int, help="data loader processes (default 0: patches are cheap)")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--on-bad-image", choices=["skip", "fail"], help="unreadable training images")
-    p.add_argument("--cache-dir", help="where decoded images are cached")
+    p.add_argument("--iters", type=_positive_int, help=f"total iterations (default {d.iters})")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help=f"global batch size, split over processes (default {d.batch_size})",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=_positive_int,
+        help=f"LR patch size; HR = patch x scale (default {d.patch_size})",
+    )
+    p.add_argument("--lr", type=float, help=f"initial learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--lr-decay-every",
+        type=_positive_int,
+        help=f"halve the learning rate every N updates (default {d.lr_decay_every})",
+    )
+    p.add_argument(
+        "--precision", choices=PRECISION_CHOICES, help=f"compute precision (default {d.precision})"
+    )
+    p.add_argument(
+        "--init-from",
+        help="trained model to start from, EDSR or MDSR: every matching layer is copied, "
+        "an upsampler only from the same scale",
+    )
+    p.add_argument(
+        "--val-every",
+        type=_positive_int,
+        help=f"validate every N iterations (default {d.val_every})",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        help=f"save a checkpoint every N iterations (default {d.checkpoint_every})",
+    )
+    p.add_argument(
+        "--log-every",
+        type=_positive_int,
+        help=f"log loss every N iterations (default {d.log_every})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help=f"data loader processes (default {d.workers}: patches are cheap)",
+    )
+    p.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    p.add_argument(
+        "--on-bad-image",
+        choices=["skip", "fail"],
+        help=f"what to do with unreadable training images (default {d.on_bad_image})",
+    )
+    p.add_argument("--cache-dir", help="where decoded images are cached (default: $EDSR_HOME/data)")
     p.add_argument("--config", help="TOML file with config keys (see a run's config.toml)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -271,8 +387,7 @@ def _run_weights_list(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from edsr.weights import is_cached, list_entries
-    from edsr.weights.registry import format_table
+    from edsr.weights import format_table, is_cached, list_entries
 
     entries = list_entries()
     if args.json:
@@ -284,8 +399,7 @@ def _run_weights_list(args: argparse.Namespace) -> int:
 
 
 def _run_weights_info(args: argparse.Namespace) -> int:
-    from edsr.weights import get_entry, is_cached, weights_path
-    from edsr.weights.registry import describe
+    from edsr.weights import describe, get_entry, is_cached, weights_path
 
     entry = get_entry(args.name)
     print(describe(entry))
@@ -332,32 +446,41 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a model to ONNX, TorchScript or safetensors",
-        description="Export a checkpoint for other runtimes. ONNX and TorchScript graphs take a float32 "
-        "NCHW RGB image in 0..255 of any height and width and hold ONE scale each: an MDSR model "
-        "with several scales needs --scale (export each scale to its own file). safetensors keeps "
-        "all of an MDSR's scales unless --scale picks one. The export is checked against PyTorch "
-        "on a fresh image size (ONNX only when onnxruntime is installed).",
+        description="Export a model for other runtimes. ONNX and TorchScript graphs take a "
+        "float32 NCHW RGB image in 0..255 of any height and width and hold ONE scale each: an "
+        "MDSR model with several scales needs --scale (export each scale to its own file). "
+        "safetensors keeps all of an MDSR's scales unless --scale picks one. The export is "
+        "checked against PyTorch on a fresh image size before it is put in place (ONNX only "
+        "when onnxruntime is installed); a failed export leaves no file.",
     )
-    p.add_argument("model", help="checkpoint file (.pt, .pth or .safetensors)")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"), help="output format")
+    p.add_argument(
+        "model",
+        help="checkpoint file (.pt, .pth or .safetensors) or a name from 'edsr weights list'",
+    )
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
     p.add_argument("-o", "--output", required=True, help="file to write")
-    p.add_argument("--scale", type=_positive_int, help="the scale to export (required for a multi-scale MDSR)")
-    p.add_argument("--res-scale", type=float, help="override the residual scaling the checkpoint cannot store")
+    p.add_argument(
+        "--scale",
+        type=_positive_int,
+        help="the scale to export (required for ONNX/TorchScript of a multi-scale MDSR)",
+    )
+    p.add_argument("--res-scale", type=float, help=_RES_SCALE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from edsr.export import export_model, verify_export
-    from edsr.weights import resolve_model
+    from edsr.export import export_model
+    from edsr.weights import load_model
 
-    model = resolve_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
-    path = export_model(model, args.output, args.format, scale=args.scale, overwrite=args.overwrite)
-    diff = verify_export(model, path, args.format, scale=args.scale)
-    if diff is not None and diff > 1e-3:
-        raise EdsrError(f"{path} was written but differs from PyTorch by {diff:.3g} (more than 1e-3)")
-    check = "not checked: onnxruntime is not installed" if diff is None else f"max |diff| vs PyTorch {diff:.1e}"
-    print(f"wrote {path} ({args.format}; {check})")
+    model = load_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
+    done = export_model(model, args.output, args.format, scale=args.scale, overwrite=args.overwrite)
+    if done.max_diff is None:
+        check = "not checked: onnxruntime is not installed"
+    else:
+        check = f"max |diff| vs PyTorch {done.max_diff:.1e}"
+    scales = "/".join(f"x{s}" for s in done.scales)
+    print(f"wrote {done.path} ({args.format}, {scales}; {check})")
     return 0
 
 
@@ -365,33 +488,41 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="upscale the bundled samples and compare with bicubic",
-        description="Shrink the bundled sample images with MATLAB bicubic, upscale them with bicubic "
-        "and with the model, print PSNR (Y, shave = scale) and write a side-by-side comparison PNG "
-        "(bicubic, model, ground truth, with a zoomed crop) for each.",
+        description="Shrink the bundled sample images with MATLAB bicubic, upscale them with "
+        "bicubic and with the model, print PSNR (Y, shave = scale) and write a side-by-side "
+        "comparison PNG (bicubic, model, ground truth, with a zoomed crop) for each. A re-run "
+        "replaces the comparison PNGs it wrote before.",
     )
-    p.add_argument("--model", help="checkpoint file or weights name (default: the bundled MDSR)")
+    p.add_argument("--model", help=_MODEL_HELP)
     p.add_argument("--scale", type=_positive_int, default=4, help="upscaling factor (default 4)")
     p.add_argument("--samples", help="folder of HR images to use instead of the bundled samples")
-    p.add_argument("-o", "--output", default="edsr-demo", help="folder for the comparison PNGs (default edsr-demo)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--overwrite", action="store_true", help="replace comparison PNGs left by an earlier run")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="edsr-demo",
+        help="folder for the comparison PNGs (default edsr-demo)",
+    )
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from edsr.demo import SAMPLES, format_results, run_demo
-    from edsr.weights import default_model, resolve_model
+    from edsr.weights import default_model, load_model
 
     spec = args.model or default_model()
-    model = resolve_model(spec, device=args.device)
+    model = load_model(spec, device=args.device or "auto")
     name = Path(spec).stem if Path(spec).is_file() else spec
     results = run_demo(
-        model, args.output, scale=args.scale, samples=args.samples or SAMPLES, overwrite=args.overwrite, model_name=name
+        model, args.output, scale=args.scale, samples=args.samples or SAMPLES, model_name=name
     )
     print(f"model: {name}; LR made with MATLAB bicubic; PSNR on Y, shave {args.scale}")
     print(format_results(results))
     mean = sum(r.gain for r in results) / len(results)
-    print(f"mean gain over bicubic: {mean:+.2f} dB; wrote {len(results)} comparison PNG(s) to {args.output}")
+    print(
+        f"mean gain over bicubic: {mean:+.2f} dB; "
+        f"wrote {len(results)} comparison PNG(s) to {args.output}"
+    )
     return 0
 
 
@@ -414,14 +545,27 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (default 20)")
     p.add_argument(
-        "--max-pixels", type=_positive_int, default=4_000_000, help="largest input image (default 4000000)"
+        "--max-pixels",
+        type=_positive_int,
+        default=4_000_000,
+        help="largest input image (default 4000000)",
     )
-    p.add_argument("--workers", type=_positive_int, default=1, help="images upscaled at once (default 1)")
-    p.add_argument("--queue", type=int, default=4, help="requests that may wait for a worker (default 4)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
-    p.add_argument("--max-memory", help="tile working memory per worker, e.g. 2GiB (default: automatic)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--tmp-dir", help="where the server's temporary folder goes (default: system temp)")
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="images upscaled at once (default 1)"
+    )
+    p.add_argument(
+        "--queue", type=int, default=4, help="requests that may wait for a worker (default 4)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds a request may take (default 300)"
+    )
+    p.add_argument(
+        "--max-memory", help="tile working memory per worker, e.g. 2GiB (default: automatic)"
+    )
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
+    p.add_argument(
+        "--tmp-dir", help="where the server's temporary folder goes (default: system temp)"
+    )
     p.add_argument("--quiet", action="store_true", help="no access log")
     p.set_defaults(func=_run_serve)
 
@@ -447,9 +591,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         tmp_dir=args.tmp_dir,
     )
     serve(
-        args.model, host=args.host, port=args.port, config=config, device=args.device,
+        args.model,
+        host=args.host,
+        port=args.port,
+        config=config,
+        device=args.device,
         access_log=not args.quiet,
-    )  # fmt: skip
+    )
     return 0
 
 
@@ -458,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edsr", description="EDSR and MDSR super-resolution: upscale, evaluate, train."
     )
     parser.add_argument("--version", action="version", version=f"edsr {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     _add_demo(sub)
     _add_upscale(sub)
     _add_export(sub)
@@ -469,14 +619,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, SLURM) taken as Ctrl-C: training checkpoints, atomic
+    writes remove their temporaries, and the command exits as a terminated process does."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except EdsrError as e:
         print(f"edsr: error: {e}", file=sys.stderr)
         return 1
+    except _Terminated:
+        print("edsr: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("edsr: interrupted", file=sys.stderr)
         return 130
@@ -497,6 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from edsr.errors import EdsrError
 from edsr.evaluate import BICUBIC, discover, load_pair, super_resolve
+from edsr.inference import Model, resolve_scale
 from edsr.io.atomic import atomic_write, check_writable
 from edsr.metrics import psnr
 
@@ -63,7 +63,9 @@ def pick_crop(reference: np.ndarray, worse: np.ndarray, side: int) -> tuple[int,
     return int(y) * stride, int(x) * stride
 
 
-def comparison_image(panels: list[tuple[str, np.ndarray]], crop: tuple[int, int], side: int) -> Image.Image:
+def comparison_image(
+    panels: list[tuple[str, np.ndarray]], crop: tuple[int, int], side: int
+) -> Image.Image:
     """Full images in a row with their labels, the same crop of each zoomed in a row below."""
     h, w = panels[0][1].shape[:2]
     zoom = max(1, w // side)
@@ -78,8 +80,14 @@ def comparison_image(panels: list[tuple[str, np.ndarray]], crop: tuple[int, int]
         left = _GAP + i * (w + _GAP)
         draw.text((left, 4), label, fill="black", font=font)
         canvas.paste(Image.fromarray(pixels), (left, _LABEL_H))
-        draw.rectangle([left + x0, _LABEL_H + y0, left + x0 + side - 1, _LABEL_H + y0 + side - 1], outline=(255, 0, 0), width=2)
-        patch = Image.fromarray(pixels[y0 : y0 + side, x0 : x0 + side]).resize((z, z), Image.Resampling.NEAREST)
+        draw.rectangle(
+            [left + x0, _LABEL_H + y0, left + x0 + side - 1, _LABEL_H + y0 + side - 1],
+            outline=(255, 0, 0),
+            width=2,
+        )
+        patch = Image.fromarray(pixels[y0 : y0 + side, x0 : x0 + side]).resize(
+            (z, z), Image.Resampling.NEAREST
+        )
         canvas.paste(patch, (left + (w - z) // 2, _LABEL_H + h + _GAP))
     return canvas
 
@@ -90,30 +98,31 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
 
 
 def run_demo(
-    model: torch.nn.Module,
+    model: Model,
     out_dir: str | os.PathLike,
     *,
     scale: int = 4,
     samples: str | os.PathLike = SAMPLES,
-    overwrite: bool = False,
     model_name: str = "model",
 ) -> list[DemoResult]:
-    """Upscale every sample at ``scale``; write ``<name>_x<scale>_comparison.png`` for each."""
-    if scale not in getattr(model, "scales", ()):
-        have = ", ".join(f"x{s}" for s in getattr(model, "scales", ()))
-        raise EdsrError(f"the model upscales {have}, not x{scale}; pick --scale from those")
+    """Upscale every sample at ``scale``; write ``<name>_x<scale>_comparison.png`` for each.
+
+    The demo owns those file names in ``out_dir``: a second run replaces them (a newcomer's
+    re-run must just work), and leaves every other file there alone.
+    """
+    scale = resolve_scale(model, scale)
     evalset = discover(samples)
     out_dir = Path(out_dir)
     targets = [out_dir / f"{p.stem}_x{scale}_comparison.png" for p in evalset.hr_files]
     for t in targets:  # refuse before any work, so a refusal leaves nothing half-done
-        check_writable(t, overwrite=overwrite)
+        check_writable(t, overwrite=True)
     results = []
     for hr_path, target in zip(evalset.hr_files, targets, strict=True):
         lr, hr = load_pair(evalset, hr_path, scale)
         bic = super_resolve(BICUBIC, lr, scale)
         sr = super_resolve(model, lr, scale)
-        kw = dict(crop_border=scale, y_channel=True)
-        p_bic, p_sr = float(psnr(bic, hr, **kw)[0]), float(psnr(sr, hr, **kw)[0])
+        p_bic = float(psnr(bic, hr, crop_border=scale, y_channel=True)[0])
+        p_sr = float(psnr(sr, hr, crop_border=scale, y_channel=True)[0])
         gt, b, s = _hwc(hr), _hwc(bic), _hwc(sr)
         side = max(16, min(gt.shape[:2]) // 2)  # zoomed 2-3x: enough to see, not a blur of pixels
         crop = pick_crop(gt, b, side)
@@ -122,7 +131,7 @@ def run_demo(
             (f"{model_name}  {p_sr:.2f} dB", s),
             ("ground truth", gt),
         ]
-        with atomic_write(target, overwrite=overwrite) as tmp:
+        with atomic_write(target, overwrite=True) as tmp:
             comparison_image(panels, crop, side).save(tmp, format="PNG")
         results.append(DemoResult(hr_path.stem, scale, p_bic, p_sr, target))
     return results
@@ -132,7 +141,7 @@ def format_results(results: list[DemoResult]) -> str:
     rows = [f"{'image':<12} {'scale':>5} {'bicubic':>9} {'model':>9} {'gain':>8}  comparison"]
     for r in results:
         rows.append(
-            f"{r.image:<12} {'x' + str(r.scale):>5} {r.psnr_bicubic:>7.2f}dB {r.psnr_model:>7.2f}dB "
-            f"{r.gain:>+6.2f}dB  {r.comparison}"
+            f"{r.image:<12} {'x' + str(r.scale):>5} {r.psnr_bicubic:>7.2f}dB "
+            f"{r.psnr_model:>7.2f}dB {r.gain:>+6.2f}dB  {r.comparison}"
         )
     return "\n".join(rows)

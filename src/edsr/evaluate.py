@@ -9,44 +9,27 @@ channel with ``scale`` pixels shaved (benchmarks) or on RGB with ``scale + 6`` (
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from edsr.errors import EdsrError
-from edsr.inference import ensemble_forward, sr_forward
+from edsr.errors import EdsrError, ImageError
+from edsr.inference import describe, ensemble_forward, sr_forward
 from edsr.inference.precision import InferenceModel, prepare_model
-from edsr.io.image import IMAGE_EXTENSIONS, find_images, read_image, write_png
+from edsr.io.datasets import DataSet, find_dataset
+from edsr.io.image import read_image, to_8bit, write_png
 from edsr.metrics import psnr, ssim
 from edsr.models import SRModel
 from edsr.resize import imresize
 
 BICUBIC = "bicubic"
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """A folder of ground-truth images and, optionally, the matching bicubic LR images."""
-
-    name: str
-    kind: str  # "benchmark", "div2k" or "folder"
-    hr_files: tuple[Path, ...]
-    lr_root: Path | None  # holds X2/, X3/, ... with <stem>x<s>.<ext>
-
-    def lr_path(self, hr: Path, scale: int) -> Path | None:
-        if self.lr_root is None:
-            return None
-        folder = self.lr_root / f"X{scale}"
-        for ext in (hr.suffix, ".png"):
-            cand = folder / f"{hr.stem}x{scale}{ext}"
-            if cand.is_file():
-                return cand
-        return None
 
 
 @dataclass(frozen=True)
@@ -56,41 +39,14 @@ class Protocol:
     gray_as_rgb: bool = False
 
 
-def _images_in(folder: Path) -> tuple[Path, ...]:
-    return tuple(p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def discover(path: str | os.PathLike[str]) -> DataSet:
+    """The evaluation data set in ``path`` (DIV2K: its ``valid`` split)."""
+    return find_dataset(path, split="valid", what="data")
 
 
-def discover(path: str | os.PathLike) -> EvalSet:
-    """Recognise the benchmark layout (``HR/``, ``LR_bicubic/X{s}/``), DIV2K, or a flat folder."""
-    root = Path(path)
-    if not root.exists():
-        raise EdsrError(f"data directory {root} does not exist")
-    if not root.is_dir():
-        raise EdsrError(f"{root} is not a directory; --data takes folders of images")
-    if root.name == "HR" and not (root / "HR").is_dir():
-        root = root.parent  # the user pointed at Set5/HR rather than Set5
-    div2k_hr = sorted(p for p in root.glob("DIV2K_*_HR") if p.is_dir())
-    if root.name.startswith("DIV2K_") and root.name.endswith("_HR"):
-        div2k_hr, root = [root], root.parent
-    if div2k_hr:
-        hr_dir = div2k_hr[-1] if len(div2k_hr) == 1 else next((d for d in div2k_hr if "valid" in d.name), div2k_hr[0])
-        lr = root / hr_dir.name.replace("_HR", "_LR_bicubic")
-        files = _images_in(hr_dir)
-        kind, name = "div2k", "DIV2K"
-    elif (root / "HR").is_dir():
-        files = _images_in(root / "HR")
-        lr = root / "LR_bicubic"
-        kind, name = "benchmark", root.name
-    else:
-        files = tuple(find_images([root])) if any(root.iterdir()) else ()
-        lr = None
-        kind, name = "folder", root.name
-    if not files:
-        raise EdsrError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return EvalSet(name=name, kind=kind, hr_files=files, lr_root=lr if lr is not None and lr.is_dir() else None)
-
-
-def default_protocol(evalset: EvalSet, scale: int, *, y_channel: bool | None, shave: int | None, gray_as_rgb: bool) -> Protocol:
+def default_protocol(
+    evalset: DataSet, scale: int, *, y_channel: bool | None, shave: int | None, gray_as_rgb: bool
+) -> Protocol:
     """The paper's convention: DIV2K on RGB with scale + 6 shaved, everything else Y with scale."""
     div2k = evalset.kind == "div2k"
     return Protocol(
@@ -100,27 +56,23 @@ def default_protocol(evalset: EvalSet, scale: int, *, y_channel: bool | None, sh
     )
 
 
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    if pixels.dtype == np.uint16:
-        return np.floor(pixels.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
-    return pixels
-
-
 def _chw(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
 
 
-def load_pair(evalset: EvalSet, hr_path: Path, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_pair(evalset: DataSet, hr_path: Path, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(LR, HR) as uint8 (C, H, W) tensors, HR cropped to a multiple of ``scale``."""
-    hr = _to_uint8(read_image(hr_path).pixels)
+    hr = to_8bit(read_image(hr_path).pixels)
     h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
     if h == 0 or w == 0:
-        raise EdsrError(f"{hr_path} ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale x{scale}")
+        raise EdsrError(
+            f"{hr_path} ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale x{scale}"
+        )
     hr_t = _chw(hr[:h, :w])
     lr_path = evalset.lr_path(hr_path, scale)
     if lr_path is None:
         return imresize(hr_t, 1.0 / scale), hr_t
-    lr = _to_uint8(read_image(lr_path).pixels)
+    lr = to_8bit(read_image(lr_path).pixels)
     if lr.shape[:2] != (h // scale, w // scale):
         raise EdsrError(
             f"{lr_path} is {lr.shape[1]}x{lr.shape[0]}, but {hr_path.name} cropped to x{scale} "
@@ -133,38 +85,47 @@ def load_pair(evalset: EvalSet, hr_path: Path, scale: int) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def super_resolve(model: SRModel | str, lr: torch.Tensor, scale: int, *, self_ensemble: bool = False) -> torch.Tensor:
+def super_resolve(
+    model: SRModel | InferenceModel | str,
+    lr: torch.Tensor,
+    scale: int,
+    *,
+    self_ensemble: bool = False,
+) -> torch.Tensor:
     """uint8 (C, h, w) -> uint8 (C, h*s, w*s), quantized as the protocol requires.
 
     ``self_ensemble`` averages the 8 flips/rotations before quantizing (the paper's "+" rows).
     """
     if isinstance(model, str):
         return imresize(lr, float(scale))
-    device = next(model.parameters()).device
+    device = describe(model).device
     x = lr.unsqueeze(0).to(device=device, dtype=torch.float32)
     y = (ensemble_forward if self_ensemble else sr_forward)(model, x, scale)[0]
     return y.clamp(0, 255).round().to(torch.uint8).cpu()
 
 
 def evaluate(
-    model: SRModel | str,
-    data: Sequence[str | os.PathLike],
+    model: SRModel | InferenceModel | str,
+    data: Sequence[str | os.PathLike[str]],
     scales: Sequence[int],
     *,
     y_channel: bool | None = None,
     shave: int | None = None,
     gray_as_rgb: bool = False,
-    save_images: str | os.PathLike | None = None,
+    save_images: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     self_ensemble: bool = False,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Evaluate ``model`` (or ``"bicubic"``) on each data set at each scale.
 
     ``self_ensemble`` scores the geometric self-ensemble (EDSR+ / MDSR+); bicubic has none.
+    An unreadable image is reported on stderr (one line), left out of the means and listed
+    under ``"skipped"``; a data set with no readable image at all is an :class:`EdsrError`.
 
-    Returns ``{"protocol": {...}, "results": [{"dataset", "scale", "psnr", "ssim", "images",
-    "seconds", "protocol", "per_image": [...]}]}``, the structure ``--json`` writes.
+    Returns ``{"model", "protocol": {...}, "self_ensemble", "results": [{"dataset", "scale",
+    "psnr", "ssim", "images", "skipped", "seconds", "protocol", "per_image": [...]}],
+    "skipped": [{"dataset", "image", "error"}]}``, the structure ``--json`` writes.
     """
     if isinstance(model, str) and model != BICUBIC:
         raise EdsrError(f"unknown model {model!r}")
@@ -173,32 +134,63 @@ def evaluate(
     if self_ensemble and isinstance(model, str):
         raise EdsrError("--self-ensemble needs a trained model; bicubic has no ensemble")
     if not isinstance(model, str):
-        bad = [s for s in scales if s not in model.scales]
+        info = describe(model)
+        bad = [s for s in scales if s not in info.scales]
         if bad:
-            have = ", ".join(f"x{s}" for s in model.scales)
+            have = ", ".join(f"x{s}" for s in info.scales)
             raise EdsrError(f"the model upscales {have}; it cannot be evaluated at x{bad[0]}")
-    if not isinstance(model, str) and not isinstance(model, InferenceModel):
-        # fp32 channels-last: the same float32 arithmetic in oneDNN's fastest layout (1.2x for
-        # MDSR-baseline on a 2-core CPU); the original model is left as it is.
-        model = prepare_model(model, precision="fp32")
+        if not isinstance(model, InferenceModel):
+            # fp32 channels-last: the same float32 arithmetic in oneDNN's fastest layout (1.2x
+            # for MDSR-baseline on a 2-core CPU); the original model is left as it is.
+            model = prepare_model(model, precision="fp32")
     sets = [discover(d) for d in data]
     results = []
+    skipped: list[dict[str, str]] = []
     for evalset in sets:
+        unreadable: dict[Path, str] = {}
         for scale in scales:
-            proto = default_protocol(evalset, scale, y_channel=y_channel, shave=shave, gray_as_rgb=gray_as_rgb)
+            proto = default_protocol(
+                evalset, scale, y_channel=y_channel, shave=shave, gray_as_rgb=gray_as_rgb
+            )
             per_image = []
             start = time.perf_counter()
-            bar = tqdm(evalset.hr_files, desc=f"{evalset.name} x{scale}", unit="img", disable=not progress, leave=False)
+            bar = tqdm(
+                evalset.hr_files,
+                desc=f"{evalset.name} x{scale}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            )
             for hr_path in bar:
-                lr, hr = load_pair(evalset, hr_path, scale)
+                if hr_path in unreadable:
+                    continue
+                try:
+                    lr, hr = load_pair(evalset, hr_path, scale)
+                except ImageError as e:
+                    unreadable[hr_path] = str(e)
+                    skipped.append(
+                        {"dataset": evalset.name, "image": hr_path.name, "error": str(e)}
+                    )
+                    tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
+                    continue
                 sr = super_resolve(model, lr, scale, self_ensemble=self_ensemble)
-                kw = dict(crop_border=proto.shave, y_channel=proto.y_channel, gray_as_rgb=proto.gray_as_rgb)
+                kw: dict[str, Any] = dict(
+                    crop_border=proto.shave,
+                    y_channel=proto.y_channel,
+                    gray_as_rgb=proto.gray_as_rgb,
+                )
                 p = float(psnr(sr, hr, **kw)[0])
                 s = float(ssim(sr, hr, **kw)[0])
                 per_image.append({"image": hr_path.name, "psnr": p, "ssim": s})
                 if save_images is not None:
-                    dst = Path(save_images) / evalset.name / f"x{scale}" / f"{hr_path.stem}_x{scale}.png"
+                    name = f"{hr_path.stem}_x{scale}.png"
+                    dst = Path(save_images) / evalset.name / f"x{scale}" / name
                     write_png(dst, sr.permute(1, 2, 0).numpy(), overwrite=overwrite)
+            if not per_image:
+                raise EdsrError(
+                    f"no readable image in {evalset.name}; the first error: "
+                    f"{next(iter(unreadable.values()))}"
+                )
             results.append(
                 {
                     "dataset": evalset.name,
@@ -207,6 +199,7 @@ def evaluate(
                     "psnr": float(np.mean([r["psnr"] for r in per_image])),
                     "ssim": float(np.mean([r["ssim"] for r in per_image])),
                     "images": len(per_image),
+                    "skipped": len(unreadable),
                     "seconds": time.perf_counter() - start,
                     "protocol": asdict(proto),
                     "per_image": per_image,
@@ -215,10 +208,11 @@ def evaluate(
     return {
         "model": model if isinstance(model, str) else model.config(),
         "protocol": {
-            "lr": "MATLAB bicubic (antialiased Keys a=-0.5) of HR cropped to a multiple of the scale, "
-            "or the data set's LR_bicubic images",
+            "lr": "MATLAB bicubic (antialiased Keys a=-0.5) of HR cropped to a multiple of the "
+            "scale, or the data set's LR_bicubic images",
             "quantize": "outputs rounded to integers 0..255",
-            "y_channel": "BT.601 studio-range luma (MATLAB rgb2ycbcr), gray images on their own values"
+            "y_channel": "BT.601 studio-range luma (MATLAB rgb2ycbcr), gray images on their own "
+            "values"
             if y_channel is not False
             else "off",
             "shave": "scale (benchmarks), scale + 6 (DIV2K)" if shave is None else shave,
@@ -227,15 +221,25 @@ def evaluate(
         },
         "self_ensemble": self_ensemble,
         "results": results,
+        "skipped": skipped,
     }
 
 
-def format_table(report: dict) -> str:
-    rows = [f"{'dataset':<12} {'scale':>5} {'PSNR':>9} {'SSIM':>8} {'images':>6} {'seconds':>8}  protocol"]
+def format_table(report: dict[str, Any]) -> str:
+    """The results as a text table; a last line names the images that could not be read."""
+    head = f"{'dataset':<12} {'scale':>5} {'PSNR':>9} {'SSIM':>8} {'images':>6} {'seconds':>8}"
+    rows = [f"{head}  protocol"]
     for r in report["results"]:
         p = r["protocol"]
         proto = f"{'Y' if p['y_channel'] else 'RGB'}, shave {p['shave']}"
         ps = "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.4f}"
         scale = f"x{r['scale']}" + ("+" if r.get("self_ensemble") else "")
-        rows.append(f"{r['dataset']:<12} {scale:>5} {ps:>9} {r['ssim']:>8.4f} {r['images']:>6} {r['seconds']:>8.1f}  {proto}")
+        rows.append(
+            f"{r['dataset']:<12} {scale:>5} {ps:>9} {r['ssim']:>8.4f} {r['images']:>6} "
+            f"{r['seconds']:>8.1f}  {proto}"
+        )
+    skipped = report.get("skipped", [])
+    if skipped:
+        names = ", ".join(f"{s['dataset']}/{s['image']}" for s in skipped)
+        rows.append(f"skipped {len(skipped)} unreadable image(s): {names}")
     return "\n".join(rows)

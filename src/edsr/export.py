@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from edsr.errors import EdsrError
+from edsr.inference import describe
 from edsr.io.atomic import atomic_write, check_writable
 from edsr.models import MDSR, SRModel
 
@@ -75,7 +77,7 @@ def single_scale_mdsr(model: MDSR, scale: int) -> MDSR:
             key = ".".join([parts[0], "0", *parts[2:]])
         sd[key] = value
     one.load_state_dict(sd, strict=True)
-    return one.to(next(model.parameters()).device).eval()
+    return one.to(describe(model).device).eval()
 
 
 def _graph_module(model: SRModel, scale: int) -> FixedScale:
@@ -99,81 +101,69 @@ def _quiet_deprecations():
         yield
 
 
-def export_torchscript(
-    model: SRModel, path: str | os.PathLike, *, scale: int | None = None, overwrite: bool = False
-) -> Path:
-    """Trace the model at one scale; load it back with ``torch.jit.load(path)``."""
-    scale = _export_scale(model, scale)
+def _write_torchscript(model: SRModel, dest: Path, scale: int) -> None:
     module = _graph_module(model, scale)
     with torch.no_grad(), _quiet_deprecations():
         traced = torch.jit.trace(module, _example(model), check_trace=False)
-    with atomic_write(path, overwrite=overwrite) as tmp, _quiet_deprecations():
-        torch.jit.save(traced, str(tmp))
-    return Path(path)
+        torch.jit.save(traced, str(dest))
 
 
-def export_onnx(
-    model: SRModel,
-    path: str | os.PathLike,
-    *,
-    scale: int | None = None,
-    overwrite: bool = False,
-    opset: int = ONNX_OPSET,
-) -> Path:
-    """Write an ONNX graph with dynamic batch, height and width (input ``input``, output ``output``)."""
+def _write_onnx(model: SRModel, dest: Path, scale: int, opset: int = ONNX_OPSET) -> None:
     try:
         import onnx
     except ImportError:
         raise EdsrError("ONNX export needs the onnx package: pip install 'edsr[export]'") from None
-    scale = _export_scale(model, scale)
     module = _graph_module(model, scale)
     dims = {0: "batch", 2: "height", 3: "width"}
-    with atomic_write(path, overwrite=overwrite) as tmp:
-        with torch.no_grad(), _quiet_deprecations():
-            # The TorchScript-based exporter (dynamo=False) needs no onnxscript and gives a
-            # plain static graph with symbolic H and W; its output dims are named for clarity.
-            torch.onnx.export(
-                module,
-                (_example(model),),
-                str(tmp),
-                dynamo=False,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={
-                    "input": dims,
-                    "output": {0: "batch", 2: "out_height", 3: "out_width"},
-                },
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-        proto = onnx.load(str(tmp))
-        meta = {
-            "scale": str(scale),
-            "input_range": "0..255 float32 RGB, NCHW",
-            "model_config": str(model.config()),
-            "producer": "edsr",
-        }
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-    return Path(path)
+    with torch.no_grad(), _quiet_deprecations():
+        # The TorchScript-based exporter (dynamo=False) needs no onnxscript and gives a
+        # plain static graph with symbolic H and W; its output dims are named for clarity.
+        torch.onnx.export(
+            module,
+            (_example(model),),
+            str(dest),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": dims, "output": {0: "batch", 2: "out_height", 3: "out_width"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(dest))
+    meta = {
+        "scale": str(scale),
+        "input_range": "0..255 float32 RGB, NCHW",
+        "model_config": str(model.config()),
+        "producer": "edsr",
+    }
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(dest))
 
 
-def export_safetensors(
-    model: SRModel, path: str | os.PathLike, *, scale: int | None = None, overwrite: bool = False
-) -> Path:
-    """This project's checkpoint format (config in the header); all MDSR scales unless ``scale``."""
+def _write_safetensors(model: SRModel, dest: Path, scale: int | None) -> None:
     from edsr.weights import save_model
 
     if isinstance(model, MDSR) and scale is not None:
-        _export_scale(model, scale)
-        model = single_scale_mdsr(model, int(scale))
-    elif scale is not None:
-        _export_scale(model, scale)
-    # Not folded: the config records res_scale, and loading applies it.
-    return save_model(model, path, overwrite=overwrite)
+        model = single_scale_mdsr(model, scale)
+    # Not folded: the config records res_scale, and loading applies it. The destination is
+    # already the atomic writer's temporary file, hence overwrite.
+    save_model(model, dest, overwrite=True)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A written export: where, which scales it holds, and how far it is from PyTorch."""
+
+    path: Path
+    format: str
+    scales: tuple[int, ...]
+    max_diff: float | None  # None: not checked (no onnxruntime, or check=False)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
 
 
 def export_model(
@@ -183,17 +173,62 @@ def export_model(
     *,
     scale: int | None = None,
     overwrite: bool = False,
-) -> Path:
-    """Export ``model`` to ``path`` as ``format`` (onnx, torchscript or safetensors)."""
+    check: bool = True,
+    tolerance: float = 1e-3,
+) -> Exported:
+    """Export ``model`` to ``path`` as ``format`` (onnx, torchscript or safetensors).
+
+    The file is written to a temporary name, loaded back and compared with PyTorch on an image
+    of another size (``check``); only an export within ``tolerance`` (0..255 scale) is put in
+    place, so a failed export leaves no file behind. ONNX and TorchScript hold one scale;
+    safetensors keeps all of an MDSR's scales unless ``scale`` picks one.
+    """
     if format not in FORMATS:
         raise EdsrError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    check_writable(Path(path), overwrite=overwrite)
+    if format == "safetensors":
+        scales = model.scales if scale is None else (_export_scale(model, scale),)
+    else:
+        scales = (_export_scale(model, scale),)
+    dest = Path(path)
+    check_writable(dest, overwrite=overwrite)
     model = model.eval()
-    if format == "onnx":
-        return export_onnx(model, path, scale=scale, overwrite=overwrite)
-    if format == "torchscript":
-        return export_torchscript(model, path, scale=scale, overwrite=overwrite)
-    return export_safetensors(model, path, scale=scale, overwrite=overwrite)
+    max_diff: float | None = None
+    with atomic_write(dest, overwrite=overwrite) as tmp:
+        if format == "onnx":
+            _write_onnx(model, tmp, scales[0])
+        elif format == "torchscript":
+            _write_torchscript(model, tmp, scales[0])
+        else:
+            _write_safetensors(model, tmp, scale)
+        if check:
+            max_diff = verify_export(model, tmp, format, scale=scale)
+            if max_diff is not None and not max_diff <= tolerance:
+                raise EdsrError(
+                    f"the {format} export differs from PyTorch by {max_diff:.3g} (more than "
+                    f"{tolerance:g}); nothing was written to {dest}"
+                )
+    return Exported(dest, format, tuple(scales), max_diff)
+
+
+def export_torchscript(
+    model: SRModel, path: str | os.PathLike, *, scale: int | None = None, overwrite: bool = False
+) -> Exported:
+    """Trace the model at one scale; load it back with ``torch.jit.load(path)``."""
+    return export_model(model, path, "torchscript", scale=scale, overwrite=overwrite)
+
+
+def export_onnx(
+    model: SRModel, path: str | os.PathLike, *, scale: int | None = None, overwrite: bool = False
+) -> Exported:
+    """An ONNX graph with dynamic batch, height and width (input ``input``, output ``output``)."""
+    return export_model(model, path, "onnx", scale=scale, overwrite=overwrite)
+
+
+def export_safetensors(
+    model: SRModel, path: str | os.PathLike, *, scale: int | None = None, overwrite: bool = False
+) -> Exported:
+    """This project's checkpoint format (config in the header); all MDSR scales unless ``scale``."""
+    return export_model(model, path, "safetensors", scale=scale, overwrite=overwrite)
 
 
 def verify_export(
@@ -205,22 +240,24 @@ def verify_export(
     size: tuple[int, int] = (21, 34),
 ) -> float | None:
     """Max |difference| on 0..255 between the exported file and PyTorch on a random image of a
-    size other than the one traced; None where the runtime is not installed (onnxruntime)."""
+    size other than the one traced, over every scale the file holds; None where the runtime is
+    not installed (onnxruntime)."""
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, model.n_colors, *size, generator=g) * 255
+    device = describe(model).device
+    runs: list[tuple[int, torch.Tensor]] = []
     if format == "safetensors":
         from edsr.weights import load_model
 
         loaded = load_model(path)
-        scale = _export_scale(loaded, scale)
         with torch.no_grad():
-            got = loaded(x, scale)
+            runs = [(s, loaded(x, s)) for s in loaded.scales]
     elif format == "torchscript":
         scale = _export_scale(model, scale)
         with _quiet_deprecations():
-            loaded = torch.jit.load(str(path))
+            traced = torch.jit.load(str(path))
         with torch.no_grad():
-            got = loaded(x)
+            runs = [(scale, traced(x))]
     else:
         scale = _export_scale(model, scale)
         try:
@@ -228,15 +265,18 @@ def verify_export(
         except ImportError:
             return None
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        want = model(x.to(device), scale).float().cpu()
-    return float(np.abs(got.float().numpy() - want.numpy()).max())
+        runs = [(scale, torch.from_numpy(session.run(None, {"input": x.numpy()})[0]))]
+    worst = 0.0
+    for s, got in runs:
+        with torch.no_grad():
+            want = model(x.to(device), s).float().cpu()
+        worst = max(worst, float(np.abs(got.float().numpy() - want.numpy()).max()))
+    return worst
 
 
 __all__ = [
     "FORMATS",
+    "Exported",
     "FixedScale",
     "export_model",
     "export_onnx",

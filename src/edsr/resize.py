@@ -41,7 +41,7 @@ def _weights_cpu64(in_len: int, out_len: int, scale: float, antialias: bool) -> 
             return scale * _cubic(scale * d)
 
     else:
-        h = _cubic
+        h = _cubic  # type: ignore[assignment]  # same signature, other parameter name
 
     x = torch.arange(1, out_len + 1, dtype=torch.float64)
     u = x / scale + 0.5 * (1 - 1 / scale)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from edsr.errors import EdsrError
+from edsr.models import SRModel
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "auto")
@@ -51,7 +53,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype:
-    """The compute dtype for ``precision`` on ``device``; ``auto`` picks what runs fastest there."""
+    """The compute dtype for ``precision`` on ``device``, the one place ``auto`` is decided.
+
+    ``auto`` is bf16 on a CUDA GPU that supports it (else fp16), bf16 on a CPU with native bf16
+    instructions (:func:`cpu_has_native_bf16`), and fp32 everywhere else; an explicit name is
+    that dtype, checked against the device. Inference and training both call this.
+    """
     if precision not in PRECISIONS:
         raise EdsrError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
@@ -68,8 +75,16 @@ def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype
     return torch.float32
 
 
-def _cast_input(dtype: torch.dtype):
-    def hook(module: nn.Module, args: tuple) -> tuple:
+def precision_name(dtype: torch.dtype) -> str:
+    """The precision name ("fp32", "bf16", "fp16") of a compute dtype."""
+    try:
+        return _NAMES[dtype]
+    except KeyError:
+        raise EdsrError(f"unsupported model dtype {dtype}; use fp32, bf16 or fp16") from None
+
+
+def _cast_input(dtype: torch.dtype) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(
             a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args
         )
@@ -86,11 +101,14 @@ class InferenceModel(nn.Module):
     all the arithmetic is, run in the low precision.
     """
 
+    base: SRModel
+    _compiled: Callable[..., torch.Tensor] | None
+
     def __init__(
         self, base: nn.Module, dtype: torch.dtype, channels_last: bool, compiled: bool = False
     ) -> None:
         super().__init__()
-        self.base = base
+        self.base = cast(SRModel, base)
         self.dtype = dtype
         self.channels_last = channels_last
         self.compiled = compiled
@@ -107,7 +125,7 @@ class InferenceModel(nn.Module):
 
     @property
     def precision(self) -> str:
-        return _NAMES[self.dtype]
+        return precision_name(self.dtype)
 
     def config(self) -> dict:
         return self.base.config()
@@ -132,7 +150,7 @@ class InferenceModel(nn.Module):
         return self.base(x, scale).float()
 
 
-def _fp32_modules(model: nn.Module) -> list[nn.Module]:
+def _fp32_modules(model: SRModel) -> list[nn.Module]:
     """The layers kept in float32: mean shifts, the head conv and the last conv of the tail."""
     keep: list[nn.Module] = [model.sub_mean, model.add_mean, model.head]
     last_conv = [m for m in model.tail.modules() if isinstance(m, nn.Conv2d)][-1]
@@ -159,9 +177,10 @@ def prepare_model(
     if isinstance(model, InferenceModel):
         model = model.base
     if device is None:
+        # a plain module here (describe() builds on this file, so it cannot be used)
         device = next(model.parameters()).device
     dtype = resolve_precision(precision, device)
-    base = model.fold_res_scale().to(device).eval()
+    base = cast(SRModel, model).fold_res_scale().to(device).eval()
     for p in base.parameters():
         p.requires_grad_(False)
     if dtype != torch.float32:
@@ -184,7 +203,7 @@ def prepare_model(
             if not isinstance(m, nn.Conv2d):  # the EDSR upsampler inside the tail
                 m.register_forward_pre_hook(_cast_input(dtype))
     if channels_last:
-        base = base.to(memory_format=torch.channels_last)
+        base = base.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lag
     return InferenceModel(base, dtype, channels_last, compiled=compile)
 
 
@@ -198,6 +217,7 @@ __all__ = [
     "InferenceModel",
     "Precision",
     "cpu_has_native_bf16",
+    "precision_name",
     "prepare_model",
     "resolve_precision",
     "unwrap",

@@ -1,56 +1,70 @@
-"""Reading and writing images for the super-resolution tool.
+"""Reading and writing images: the one place that knows the formats this package takes.
 
 Everything is turned into an :class:`Image`: ``pixels`` of shape (H, W, C) with C = 1 (gray) or 3
-(RGB), dtype uint8 or uint16, and an optional (H, W) ``alpha`` of the same dtype.
+(RGB), dtype uint8 or uint16, an optional (H, W) ``alpha`` of the same dtype, and the ICC colour
+profile the file carried, written back when the image is saved.
 
-Pillow silently reduces 16-bit colour PNGs to 8 bits and cannot write them at all, so this module
-carries a small PNG decoder/encoder for 16-bit colour (and 16-bit gray+alpha) PNGs. Every failure
-a user can cause raises :class:`~edsr.errors.ImageError` with a one-line message naming the file.
+16-bit colour PNGs go through this package's own codec (:mod:`edsr.io.png`), as Pillow reduces
+them to 8 bits; everything else through Pillow. Files are written by the one atomic writer
+(:mod:`edsr.io.atomic`). Every failure a user can cause raises :class:`~edsr.errors.ImageError`
+with a one-line message naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import io
 import os
 import re
-import secrets
 import stat
 import struct
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast, overload
 
 import numpy as np
 import PIL.Image
 from PIL import ImageOps, UnidentifiedImageError
 
-from edsr.errors import ImageError
+from edsr.errors import EdsrError, ImageError
+from edsr.io.atomic import atomic_write_stream
+from edsr.io.png import PNG_MAX_SIDE, PngError, encode_png, parse_png, peek_header
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS_ENV",
+    "OUTPUT_EXTENSIONS",
+    "PILLOW_FORMATS",
     "Image",
     "find_images",
+    "frame_count",
     "max_side",
-    "to_8bit",
     "read_image",
+    "to_8bit",
     "write_image",
     "write_png",
 ]
 
+#: The suffixes of the images this package reads: what a folder scan takes, what the CLI and the
+#: server accept. Animated GIF and multi-page TIFF: the first frame, with a warning.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+)
+
+#: Pillow's names for the formats of IMAGE_EXTENSIONS: MPO is what Pillow calls many camera
+#: JPEGs, DIB a BMP without its file header.
+PILLOW_FORMATS: frozenset[str] = frozenset(
+    {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "WEBP", "GIF"}
 )
 
 #: Environment variable that, when set, replaces ``PIL.Image.MAX_IMAGE_PIXELS`` at read time.
 MAX_PIXELS_ENV = "EDSR_MAX_IMAGE_PIXELS"
 
 # Output formats other than PNG, written by Pillow (8-bit only). The save options favour quality:
-# an upscaled image is the product, so Pillow's default JPEG quality (75, 4:2:0 chroma) is too lossy.
+# an upscaled image is the product, so Pillow's default JPEG quality (75, 4:2:0 chroma) is too
+# lossy.
 _PIL_WRITERS: dict[str, tuple[str, dict[str, object], bool, int]] = {
     # suffix: (Pillow format, save options, can store alpha, largest width/height)
     ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}, False, 65535),
@@ -60,14 +74,22 @@ _PIL_WRITERS: dict[str, tuple[str, dict[str, object], bool, int]] = {
     ".tif": ("TIFF", {}, True, 2**31 - 1),
     ".tiff": ("TIFF", {}, True, 2**31 - 1),
 }
+_KEEPS_ICC = {"JPEG", "WEBP", "TIFF"}  # Pillow writers with an icc_profile option (and PNG)
 
-_PNG_MAX_SIDE = 2**31 - 1
+#: The suffixes write_image writes (the format follows the suffix).
+OUTPUT_EXTENSIONS: frozenset[str] = frozenset({".png", *_PIL_WRITERS})
+
+
+def _suffix(name: str) -> str:
+    """'.jpg' for 'jpg', 'JPG' or '.jpg'; format names are accepted for suffixes."""
+    return "." + name.lower().lstrip(".")
 
 
 def max_side(suffix: str) -> int:
-    """Largest width or height a file with this suffix can hold (PNG for unknown suffixes)."""
-    entry = _PIL_WRITERS.get(suffix.lower())
-    return entry[3] if entry is not None else _PNG_MAX_SIDE
+    """Largest width or height a file with this suffix (or format name: ``"webp"``) can hold;
+    PNG's for unknown suffixes."""
+    entry = _PIL_WRITERS.get(_suffix(suffix))
+    return entry[3] if entry is not None else PNG_MAX_SIDE
 
 
 def to_8bit(samples: np.ndarray) -> np.ndarray:
@@ -86,11 +108,13 @@ _EXIF_ORIENTATION = 0x0112
 class Image:
     """Decoded pixels: ``pixels`` (H, W, C) with C in {1, 3}, ``alpha`` (H, W) or None.
 
-    Both arrays share one dtype, uint8 or uint16.
+    Both arrays share one dtype, uint8 or uint16. ``icc_profile`` is the colour profile the
+    file carried (the ICC bytes), None for none; :func:`write_image` writes it back.
     """
 
     pixels: np.ndarray
     alpha: np.ndarray | None = None
+    icc_profile: bytes | None = None
 
     def __post_init__(self) -> None:
         # Invalid arrays here are programming errors, not user errors, hence ValueError.
@@ -109,6 +133,8 @@ class Image:
                 f"alpha must be an {p.shape[:2]} {p.dtype} array, got "
                 f"{getattr(a, 'shape', a)!r} {getattr(a, 'dtype', '')}"
             )
+        if self.icc_profile is not None and not isinstance(self.icc_profile, bytes):
+            raise ValueError(f"icc_profile must be bytes, got {type(self.icc_profile).__name__}")
 
     @property
     def max_value(self) -> int:
@@ -125,43 +151,62 @@ class Image:
 # Reading
 # --------------------------------------------------------------------------------------------
 
+_UNNAMED = "the image"
 
-def read_image(path: str | os.PathLike[str]) -> Image:
-    """Read an image file, applying its EXIF orientation.
+
+def read_image(
+    source: str | os.PathLike[str] | bytes | BinaryIO, *, name: str | None = None
+) -> Image:
+    """Read an image from a file, its bytes or a binary stream, applying its EXIF orientation.
 
     8-bit images come back as uint8, 16-bit PNGs (gray and colour) and 16-bit TIFFs as uint16.
     Palette, bilevel, CMYK, YCbCr and other modes are converted to gray or RGB; transparency
-    (alpha channel, PNG tRNS) becomes ``alpha``.
+    (alpha channel, PNG tRNS) becomes ``alpha``; the ICC profile becomes ``icc_profile``. Of an
+    animated GIF or a multi-page TIFF the first frame is read, with one ``UserWarning``.
+    ``name`` is what error messages call the image (default: the path, else "the image").
     """
-    p = Path(path)
     _apply_pixel_limit_from_env()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _read_bytes(bytes(source), name or _UNNAMED)
+    if not isinstance(source, (str, os.PathLike)):
+        return _read_bytes(source.read(), name or _UNNAMED)
+    p = Path(source)
+    label = name or str(p)
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise ImageError(f"{p}: file does not exist; check the path") from None
+        raise ImageError(f"{label}: file does not exist; check the path") from None
     except PermissionError:
-        raise ImageError(f"{p}: permission denied; check the file's permissions") from None
+        raise ImageError(f"{label}: permission denied; check the file's permissions") from None
     except OSError as e:
-        raise ImageError(f"{p}: cannot access the file ({_oneline(e.strerror)})") from None
+        raise ImageError(f"{label}: cannot access the file ({_oneline(e.strerror)})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise ImageError(f"{p}: is a directory, not an image; pass an image file")
+        raise ImageError(f"{label}: is a directory, not an image; pass an image file")
     if not stat.S_ISREG(st.st_mode):
         # A FIFO or device would block or never end; this tool only reads regular files.
-        raise ImageError(f"{p}: is not a regular file; pass an image file")
+        raise ImageError(f"{label}: is not a regular file; pass an image file")
     if st.st_size == 0:
-        raise ImageError(f"{p}: is an empty file (0 bytes); re-export or re-download it")
+        raise ImageError(f"{label}: is an empty file (0 bytes); re-export or re-download it")
     try:
         with open(p, "rb") as f:
             head = f.read(33)
             if _png_needs_own_decoder(head):
-                return _decode_png(head + f.read(), p)
+                return _decode_png(head + f.read(), label)
             f.seek(0)
-            return _read_with_pillow(f, p)
+            return _read_with_pillow(f, label)
     except PermissionError:
-        raise ImageError(f"{p}: permission denied; check the file's permissions") from None
+        raise ImageError(f"{label}: permission denied; check the file's permissions") from None
     except OSError as e:
         # Only the file system gets here: Pillow's OSErrors are turned into ImageError below.
-        raise ImageError(f"{p}: cannot read the file ({_oneline(e.strerror or e)})") from None
+        raise ImageError(f"{label}: cannot read the file ({_oneline(e.strerror or e)})") from None
+
+
+def _read_bytes(data: bytes, label: str) -> Image:
+    if not data:
+        raise ImageError(f"{label}: is an empty file (0 bytes); re-export or re-download it")
+    if _png_needs_own_decoder(data[:33]):
+        return _decode_png(data, label)
+    return _read_with_pillow(io.BytesIO(data), label)
 
 
 _PILLOW_DEFAULT_MAX_PIXELS = PIL.Image.MAX_IMAGE_PIXELS
@@ -185,7 +230,7 @@ def _apply_pixel_limit_from_env() -> None:
     PIL.Image.MAX_IMAGE_PIXELS = value
 
 
-def _bomb_error(p: Path, pixels: int | None) -> ImageError:
+def _bomb_error(p: str, pixels: int | None) -> ImageError:
     limit = PIL.Image.MAX_IMAGE_PIXELS
     what = f"has {pixels} pixels" if pixels is not None else "has too many pixels"
     hint = f"{MAX_PIXELS_ENV}={pixels}" if pixels is not None else MAX_PIXELS_ENV
@@ -199,7 +244,7 @@ def _bomb_error(p: Path, pixels: int | None) -> ImageError:
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error)
 
 
-def _read_with_pillow(f: BinaryIO, p: Path) -> Image:
+def _read_with_pillow(f: BinaryIO, p: str) -> Image:
     with warnings.catch_warnings():
         # Pillow only warns between 1x and 2x the limit; treat that as the limit too.
         warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
@@ -207,11 +252,12 @@ def _read_with_pillow(f: BinaryIO, p: Path) -> Image:
             im = PIL.Image.open(f)
             if im.width == 0 or im.height == 0:
                 raise ImageError(f"{p}: image has zero size ({im.width}x{im.height} pixels)")
+            frames = frame_count(im)  # before load(): counting seeks, which drops the pixels
             im.load()  # force a full decode here so truncation is reported at read time
         except UnidentifiedImageError:
             raise ImageError(
                 f"{p}: not an image, or in a format that cannot be read; "
-                "pass a PNG, JPEG, BMP, TIFF or WebP file"
+                "pass a PNG, JPEG, BMP, TIFF, WebP or GIF file"
             ) from None
         except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
             m = re.search(r"\((\d+) pixels\)", str(e))
@@ -220,13 +266,28 @@ def _read_with_pillow(f: BinaryIO, p: Path) -> Image:
             raise ImageError(
                 f"{p}: file is truncated or corrupt ({_oneline(e)}); re-export or re-download it"
             ) from None
+    if frames > 1:
+        kind = "multi-page TIFF" if im.format == "TIFF" else f"animated {im.format}"
+        warnings.warn(f"{p}: {kind} with {frames} frames; using the first", UserWarning, 2)
+    icc = im.info.get("icc_profile")
     # Broken EXIF metadata should not make intact pixels unreadable: keep them as stored.
     with contextlib.suppress(*_DECODE_ERRORS, TypeError):
         ImageOps.exif_transpose(im, in_place=True)
-    return _from_pillow(im, p)
+    image = _from_pillow(im, p)
+    if isinstance(icc, bytes):
+        image.icc_profile = _matching_profile(icc, gray=image.gray)
+    return image
 
 
-def _from_pillow(im: PIL.Image.Image, p: Path) -> Image:
+def frame_count(im: PIL.Image.Image) -> int:
+    """Frames of an animated or multi-page image; 1 for a camera JPEG's MPO extra pictures,
+    which are previews or stereo views of the first, not frames to be warned about."""
+    if im.format == "MPO":
+        return 1
+    return int(getattr(im, "n_frames", 1))
+
+
+def _from_pillow(im: PIL.Image.Image, p: str) -> Image:
     """Convert a loaded Pillow image to an :class:`Image` (gray or RGB, optional alpha)."""
     mode = im.mode
     # PNG/GIF tRNS: a transparent colour key (L, RGB) or per-entry palette alpha (P).
@@ -291,111 +352,46 @@ def _oneline(text: object) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Minimal PNG codec (for what Pillow cannot do: 16-bit colour and 16-bit gray+alpha)
+# 16-bit colour PNGs, through edsr.io.png
 # --------------------------------------------------------------------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
-
-
-class _PngError(Exception):
-    """Malformed PNG data; turned into ImageError by :func:`_decode_png`."""
 
 
 def _png_needs_own_decoder(head: bytes) -> bool:
     """True for PNGs Pillow would mangle: 16-bit colour (types 2/4/6) or a zero-size IHDR."""
-    # IHDR is always the first chunk: width, height, bit depth, colour type at bytes 16..25.
     # Pillow handles 16-bit gray (type 0) itself; types 2/4/6 it would reduce to 8 bits, and a
     # zero width/height it reports as "not an image" rather than as what it is.
-    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+    h = peek_header(head)
+    if h is None:
         return False
-    width, height, depth, ctype = struct.unpack(">IIBB", head[16:26])
-    return width == 0 or height == 0 or (depth == 16 and ctype in (2, 4, 6))
+    return h.width == 0 or h.height == 0 or (h.depth == 16 and h.colour_type in (2, 4, 6))
 
 
-def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """Split a PNG byte string into (type, body) chunks, checking lengths and CRCs."""
-    if not data.startswith(_PNG_SIGNATURE):
-        raise _PngError("not a PNG signature")
-    chunks = []
-    pos = len(_PNG_SIGNATURE)
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise _PngError("file ends inside a chunk header (truncated)")
-        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
-        end = pos + 12 + length
-        if end > len(data):
-            raise _PngError(f"file ends inside the {ctype.decode('latin-1')} chunk (truncated)")
-        body = data[pos + 8 : end - 4]
-        (crc,) = struct.unpack(">I", data[end - 4 : end])
-        pos = end
-        if zlib.crc32(ctype + body) != crc:
-            if ctype[0] & 0x20:  # ancillary chunk: drop it, as libpng does by default
-                continue
-            raise _PngError(f"CRC mismatch in the {ctype.decode('latin-1')} chunk")
-        chunks.append((ctype, body))
-        if ctype == b"IEND":
-            break
-    return chunks
+def _decode_png(data: bytes, p: str) -> Image:
+    """Decode a non-interlaced 8- or 16-bit gray/gray+alpha/RGB/RGBA PNG with edsr.io.png.
 
-
-def _decode_png(data: bytes, p: Path) -> Image:
-    """Decode a non-interlaced 8- or 16-bit gray/gray+alpha/RGB/RGBA PNG.
-
-    Only 16-bit colour PNGs are routed here by :func:`read_image`; 8-bit support exists so the
-    filter code can be checked against Pillow on real files.
+    Only 16-bit colour PNGs are routed here by :func:`read_image`.
     """
     try:
-        chunks = _png_chunks(data)
-        if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
-            raise _PngError("missing IHDR chunk")
-        width, height, depth, ctype, compression, filter_method, interlace = struct.unpack(
-            ">IIBBBBB", chunks[0][1]
-        )
-        if width == 0 or height == 0:
-            raise ImageError(f"{p}: image has zero size ({width}x{height} pixels)")
-        if ctype not in _PNG_CHANNELS or depth not in (8, 16):
-            raise _PngError(f"unsupported bit depth {depth} / colour type {ctype}")
-        if compression != 0 or filter_method != 0 or interlace not in (0, 1):
-            raise _PngError("invalid IHDR")
-        if interlace:
+        png = parse_png(data)
+        h = png.header
+        if h.width == 0 or h.height == 0:
+            raise ImageError(f"{p}: image has zero size ({h.width}x{h.height} pixels)")
+        if h.interlaced:
             raise ImageError(
-                f"{p}: interlaced {depth}-bit colour PNGs are not supported; "
+                f"{p}: interlaced {h.depth}-bit colour PNGs are not supported; "
                 "re-save it without interlacing"
             )
         limit = PIL.Image.MAX_IMAGE_PIXELS
-        if limit is not None and width * height > limit:
-            raise _bomb_error(p, width * height)  # before inflating anything
-
-        idat = b"".join(body for kind, body in chunks if kind == b"IDAT")
-        if not idat:
-            raise _PngError("no image data (truncated)")
-        channels = _PNG_CHANNELS[ctype]
-        bpp = channels * depth // 8  # bytes per pixel, the filters' left-neighbour distance
-        expected = height * (1 + width * bpp)
-        # max_length bounds memory even for a hostile stream; extra trailing data is ignored
-        # as libpng does.
-        raw = zlib.decompressobj().decompress(idat, expected)
-        if len(raw) < expected:
-            raise _PngError("image data ends early (truncated)")
-        rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + width * bpp)
-        flat = _unfilter(rows, width, bpp)
-        if depth == 16:
-            arr = flat.view(">u2").reshape(height, width, channels).astype(np.uint16)
-        else:
-            arr = flat.reshape(height, width, channels)
-
-        key = next((body for kind, body in chunks if kind == b"tRNS"), None)
-        exif = next((body for kind, body in chunks if kind == b"eXIf"), None)
-    except _PngError as e:
+        if limit is not None and h.width * h.height > limit:
+            raise _bomb_error(p, h.width * h.height)  # before inflating anything
+        arr = png.samples()
+    except PngError as e:
         raise ImageError(
             f"{p}: PNG file is truncated or corrupt ({e}); re-export or re-download it"
         ) from None
-    except zlib.error as e:
-        raise ImageError(
-            f"{p}: PNG file is corrupt ({_oneline(e)}); re-export or re-download it"
-        ) from None
 
+    channels = h.channels
+    key = png.chunk(b"tRNS")
     if channels in (2, 4):
         pixels, alpha = arr[:, :, :-1].copy(), arr[:, :, -1].copy()
     else:
@@ -404,95 +400,24 @@ def _decode_png(data: bytes, p: Path) -> Image:
             # tRNS on gray/RGB: one colour is fully transparent, everything else opaque.
             key_values = np.array(struct.unpack(f">{channels}H", key))
             opaque = np.any(pixels != key_values, axis=2)
-            alpha = np.where(opaque, (1 << depth) - 1, 0).astype(pixels.dtype)
-    orientation = _exif_orientation(exif)
+            alpha = np.where(opaque, (1 << h.depth) - 1, 0).astype(pixels.dtype)
+    orientation = _exif_orientation(png.chunk(b"eXIf"))
     return Image(
-        _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
+        _orient(pixels, orientation),
+        None if alpha is None else _orient(alpha, orientation),
+        _matching_profile(png.icc_profile(), gray=pixels.shape[2] == 1),
     )
 
 
-def _unfilter(rows: np.ndarray, width: int, bpp: int) -> np.ndarray:
-    """Undo the PNG row filters: ``rows`` is (H, 1 + stride) uint8 with the filter byte first."""
-    height = rows.shape[0]
-    types = rows[:, 0]
-    if types.max() > 4:
-        raise _PngError(f"unknown filter type {int(types.max())}")
-    data = rows[:, 1:]
-    out = np.empty_like(data)
-    # Average and Paeth (3, 4) depend on the reconstructed left neighbour, so they cannot be
-    # vectorised along a row; the span from the first to the last such row is decoded by
-    # anti-diagonals (all five types), the rows around it run by run.
-    slow = np.flatnonzero(types >= 3)
-    first, last = (slow[0], slow[-1] + 1) if slow.size else (height, height)
-    _unfilter_fast(data, types, out, 0, first, width, bpp)
-    if first < last:
-        prior = out[first - 1] if first else np.zeros(data.shape[1], np.uint8)
-        out[first:last] = _unfilter_diagonal(data[first:last], types[first:last], prior, bpp)
-    _unfilter_fast(data, types, out, last, height, width, bpp)
-    return out
+def _matching_profile(icc: bytes | None, *, gray: bool) -> bytes | None:
+    """``icc`` if it describes the pixels as they are now (RGB or gray), else None.
 
-
-def _unfilter_fast(
-    data: np.ndarray,
-    types: np.ndarray,
-    out: np.ndarray,
-    start: int,
-    stop: int,
-    width: int,
-    bpp: int,
-) -> None:
-    """Undo None/Sub/Up filters on rows start..stop, a run of equal types at a time."""
-    if start >= stop:
-        return
-    bounds = [start, *(start + 1 + np.flatnonzero(np.diff(types[start:stop]))), stop]
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        block = data[a:b]
-        if types[a] == 0:
-            out[a:b] = block
-        elif types[a] == 1:  # Sub: running sum along each byte lane of the row (mod 256)
-            n = b - a
-            out[a:b] = np.cumsum(block.reshape(n, width, bpp), axis=1, dtype=np.uint8).reshape(
-                n, -1
-            )
-        else:  # Up: running sum down the columns, starting from the row above (mod 256)
-            prior = out[a - 1] if a else np.zeros(data.shape[1], np.uint8)
-            out[a:b] = np.cumsum(block, axis=0, dtype=np.uint8) + prior
-
-
-def _unfilter_diagonal(
-    block: np.ndarray, types: np.ndarray, prior: np.ndarray, bpp: int
-) -> np.ndarray:
-    """Undo any mix of the five filters, one anti-diagonal of pixels at a time.
-
-    Pixel (r, c) depends on its left, upper and upper-left neighbours, all on earlier
-    anti-diagonals (smaller r + c), so each diagonal is one vectorised step: H + W - 1 numpy
-    steps instead of H * W Python ones.
+    A CMYK or Lab image is converted to RGB without its profile, which describes the old data.
     """
-    n = block.shape[0]
-    width = block.shape[1] // bpp
-    raw = block.reshape(n, width, bpp).astype(np.int16)
-    # recon[r + 1, c + 1] is pixel (r, c); row 0 holds the prior row, column 0 is zero padding.
-    recon = np.zeros((n + 1, width + 1, bpp), np.int16)
-    recon[0, 1:] = prior.reshape(width, bpp)
-    kind = types.astype(np.int16)[:, None]
-    for d in range(n + width - 1):
-        r = np.arange(max(0, d - width + 1), min(n - 1, d) + 1)
-        c = d - r
-        left = recon[r + 1, c]
-        up = recon[r, c + 1]
-        upleft = recon[r, c]
-        t = kind[r]
-        pa = np.abs(up - upleft)  # = |p - left| with p = left + up - upleft
-        pb = np.abs(left - upleft)  # = |p - up|
-        pc = np.abs(left + up - 2 * upleft)  # = |p - upleft|
-        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
-        pred = np.where(
-            t == 4,
-            paeth,
-            np.where(t == 3, (left + up) >> 1, np.where(t == 2, up, np.where(t == 1, left, 0))),
-        )
-        recon[r + 1, c + 1] = (raw[r, c] + pred) & 0xFF
-    return recon[1:, 1:].reshape(n, width * bpp).astype(np.uint8)
+    if not icc or len(icc) < 20:
+        return None
+    space = icc[16:20]  # the header's data colour space
+    return icc if space == (b"GRAY" if gray else b"RGB ") else None
 
 
 def _exif_orientation(exif: bytes | None) -> int:
@@ -526,54 +451,9 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _write_chunk(f: BinaryIO, ctype: bytes, body: bytes) -> None:
-    f.write(struct.pack(">I", len(body)) + ctype + body)
-    f.write(struct.pack(">I", zlib.crc32(ctype + body)))
-
-
-_FILTER_COST = np.minimum(np.arange(256), 256 - np.arange(256)).astype(np.uint8)
-_ROWS_PER_BLOCK = 256  # bounds the encoder's temporary arrays for large images
-_IDAT_SIZE = 1 << 20
-
-
-def _encode_png(f: BinaryIO, samples: np.ndarray) -> None:
-    """Write ``samples`` (H, W, 1-4) uint8/uint16 as a gray/gray+alpha/RGB/RGBA PNG.
-
-    Each row gets filter None, Sub or Up, whichever has the smallest sum of absolute signed
-    bytes (libpng's heuristic); zlib level 6.
-    """
-    height, width, channels = samples.shape
-    depth = 16 if samples.dtype == np.uint16 else 8
-    ctype = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    bpp = channels * depth // 8
-    data = np.ascontiguousarray(samples, dtype=">u2" if depth == 16 else np.uint8)
-    data = data.reshape(height, width * channels).view(np.uint8)  # (H, stride) big-endian bytes
-
-    f.write(_PNG_SIGNATURE)
-    _write_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, depth, ctype, 0, 0, 0))
-    compressor = zlib.compressobj(6)
-    pending: list[bytes] = []
-    pending_size = 0
-    for start in range(0, height, _ROWS_PER_BLOCK):
-        block = data[start : start + _ROWS_PER_BLOCK]
-        above = data[start - 1 : start] if start else np.zeros((1, data.shape[1]), np.uint8)
-        sub = block.copy()
-        sub[:, bpp:] -= block[:, :-bpp]
-        up = block - np.concatenate([above, block[:-1]])
-        candidates = np.stack([block, sub, up])  # filter types 0, 1, 2
-        choice = _FILTER_COST[candidates].sum(axis=2, dtype=np.uint64).argmin(axis=0)
-        filtered = np.empty((block.shape[0], 1 + block.shape[1]), np.uint8)
-        filtered[:, 0] = choice
-        filtered[:, 1:] = candidates[choice, np.arange(block.shape[0])]
-        piece = compressor.compress(filtered.tobytes())
-        pending.append(piece)
-        pending_size += len(piece)
-        if pending_size >= _IDAT_SIZE:
-            _write_chunk(f, b"IDAT", b"".join(pending))
-            pending, pending_size = [], 0
-    pending.append(compressor.flush())
-    _write_chunk(f, b"IDAT", b"".join(pending))
-    _write_chunk(f, b"IEND", b"")
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,57 +467,128 @@ def write_png(
     alpha: np.ndarray | None = None,
     *,
     overwrite: bool = False,
+    icc_profile: bytes | None = None,
 ) -> Path:
     """Write an 8- or 16-bit PNG (gray, gray+alpha, RGB or RGBA) atomically; return its path.
 
     ``pixels`` is (H, W), (H, W, 1) or (H, W, 3), uint8 or uint16; ``alpha`` is (H, W) of the
     same dtype. Raises ImageError if ``path`` exists and ``overwrite`` is False.
     """
-    samples = _samples(pixels, alpha)
-    dest = Path(path)
+    encode = _png_encoder(_samples(pixels, alpha), icc_profile)
+    return _write_file(Path(path), encode, overwrite)
 
+
+def _png_encoder(samples: np.ndarray, icc: bytes | None) -> Callable[[BinaryIO], None]:
     def encode(f: BinaryIO) -> None:
         if samples.dtype == np.uint16:
-            _encode_png(f, samples)  # Pillow cannot write 16-bit colour or gray+alpha PNGs
+            encode_png(f, samples, icc_profile=icc)  # Pillow cannot write 16-bit colour PNGs
         else:
-            _pil_from_samples(samples).save(f, format="PNG", compress_level=6)
+            options = {"icc_profile": icc} if icc else {}
+            _pil_from_samples(samples).save(f, format="PNG", compress_level=6, **options)
 
-    return _atomic_write(dest, encode, overwrite=overwrite)
+    return encode
 
 
-def write_image(path: str | os.PathLike[str], image: Image, *, overwrite: bool = False) -> Path:
-    """Write ``image`` in the format its suffix names (.png, .jpg/.jpeg, .webp, .bmp, .tif/.tiff).
+@overload
+def write_image(
+    target: str | os.PathLike[str],
+    image: Image,
+    *,
+    format: str | None = None,
+    overwrite: bool = False,
+    reduce_to_8bit: bool = False,
+    name: str | None = None,
+) -> Path: ...
 
-    Only PNG stores 16-bit samples; only PNG, WebP and TIFF store alpha. Atomic, and refuses to
-    replace an existing file unless ``overwrite`` is True. Returns the written path.
+
+@overload
+def write_image(
+    target: BinaryIO,
+    image: Image,
+    *,
+    format: str | None = None,
+    overwrite: bool = False,
+    reduce_to_8bit: bool = False,
+    name: str | None = None,
+) -> None: ...
+
+
+def write_image(
+    target: str | os.PathLike[str] | BinaryIO,
+    image: Image,
+    *,
+    format: str | None = None,
+    overwrite: bool = False,
+    reduce_to_8bit: bool = False,
+    name: str | None = None,
+) -> Path | None:
+    """Write ``image`` as PNG, JPEG, WebP, BMP or TIFF, with its ICC profile if it has one.
+
+    ``target`` is a path (written atomically; an existing file is replaced only with
+    ``overwrite``; returns the path) or a binary stream (returns None). The format is
+    ``format`` ("png", "jpeg", ".webp", ...), else the path's suffix. Only PNG stores 16-bit
+    samples: for the others 16-bit images are refused, or rounded to 8 bits (:func:`to_8bit`)
+    with ``reduce_to_8bit``. Only PNG, WebP and TIFF store alpha. ``name`` is what error
+    messages call the output (default: the path, else "the image").
     """
-    dest = Path(path)
-    suffix = dest.suffix.lower()
-    if suffix == ".png":
-        return write_png(dest, image.pixels, image.alpha, overwrite=overwrite)
-    if suffix not in _PIL_WRITERS:
-        allowed = ", ".join(sorted(IMAGE_EXTENSIONS))
+    dest = Path(target) if isinstance(target, (str, os.PathLike)) else None
+    label = name or (str(dest) if dest is not None else _UNNAMED)
+    if format is not None:
+        suffix = _suffix(format)
+    elif dest is not None:
+        suffix = dest.suffix.lower()
+    else:
+        raise ValueError("write_image to a stream needs format=")
+    if suffix not in OUTPUT_EXTENSIONS:
+        allowed = ", ".join(sorted(OUTPUT_EXTENSIONS))
         raise ImageError(
-            f"{dest}: cannot write '{dest.suffix or '(no suffix)'}' files; "
+            f"{label}: cannot write '{suffix or '(no suffix)'}' files; "
             f"use one of these suffixes: {allowed}"
         )
-    fmt, options, keeps_alpha, max_side = _PIL_WRITERS[suffix]
-    if image.pixels.dtype != np.uint8:
-        raise ImageError(
-            f"{dest}: {fmt} cannot store 16-bit images; write a .png file instead to keep 16 bits"
-        )
-    if image.alpha is not None and not keeps_alpha:
-        raise ImageError(
-            f"{dest}: {fmt} cannot store transparency; write a .png, .webp or .tiff file instead"
-        )
-    height, width = image.pixels.shape[:2]
-    if max(height, width) > max_side:
-        raise ImageError(
-            f"{dest}: {width}x{height} is too large for {fmt} (at most {max_side} pixels a side); "
-            "write a .png file instead"
-        )
-    pil = _pil_from_samples(_samples(image.pixels, image.alpha))
-    return _atomic_write(dest, lambda f: pil.save(f, format=fmt, **options), overwrite=overwrite)
+    pixels, alpha, icc = image.pixels, image.alpha, image.icc_profile
+    if suffix == ".png":
+        encode = _png_encoder(_samples(pixels, alpha), icc)
+    else:
+        fmt, options, keeps_alpha, largest = _PIL_WRITERS[suffix]
+        if pixels.dtype != np.uint8:
+            if not reduce_to_8bit:
+                raise ImageError(
+                    f"{label}: {fmt} cannot store 16-bit images; "
+                    "write a .png file instead to keep 16 bits"
+                )
+            pixels, alpha = to_8bit(pixels), None if alpha is None else to_8bit(alpha)
+        if alpha is not None and not keeps_alpha:
+            raise ImageError(
+                f"{label}: {fmt} cannot store transparency; "
+                "write a .png, .webp or .tiff file instead"
+            )
+        height, width = pixels.shape[:2]
+        if max(height, width) > largest:
+            raise ImageError(
+                f"{label}: {width}x{height} is too large for {fmt} "
+                f"(at most {largest} pixels a side); write a .png file instead"
+            )
+        pil = _pil_from_samples(_samples(pixels, alpha))
+        if icc and fmt in _KEEPS_ICC:
+            options = {**options, "icc_profile": icc}
+
+        def encode(f: BinaryIO) -> None:
+            pil.save(f, format=fmt, **options)
+
+    if dest is None:
+        encode(cast(BinaryIO, target))
+        return None
+    return _write_file(dest, encode, overwrite)
+
+
+def _write_file(dest: Path, encode: Callable[[BinaryIO], None], overwrite: bool) -> Path:
+    """Write through the one atomic writer, its messages raised as ImageError."""
+    try:
+        return atomic_write_stream(dest, encode, overwrite=overwrite)
+    except ImageError:
+        raise
+    except EdsrError as e:
+        raise ImageError(str(e)) from None
 
 
 def _samples(pixels: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
@@ -652,7 +603,7 @@ def _samples(pixels: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
         raise ValueError(f"pixels must be uint8 or uint16, got {pixels.dtype}")
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ValueError(f"cannot write an empty image of shape {pixels.shape}")
-    if pixels.shape[0] >= 2**31 or pixels.shape[1] >= 2**31:
+    if pixels.shape[0] > PNG_MAX_SIDE or pixels.shape[1] > PNG_MAX_SIDE:
         raise ValueError(f"image of shape {pixels.shape} is too large for PNG")
     if alpha is None:
         return pixels
@@ -667,108 +618,6 @@ def _pil_from_samples(samples: np.ndarray) -> PIL.Image.Image:
     # fromarray picks L / LA / RGB / RGBA from the channel count of a uint8 array.
     s = samples[:, :, 0] if samples.shape[2] == 1 else samples
     return PIL.Image.fromarray(np.ascontiguousarray(s))
-
-
-def _exists_error(dest: Path) -> ImageError:
-    return ImageError(f"{dest}: file exists; pass --overwrite to replace it")
-
-
-def _write_error(dest: Path, e: OSError) -> ImageError:
-    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return ImageError(
-            f"{dest}: disk full while writing; free some space or write somewhere else"
-        )
-    if isinstance(e, PermissionError):
-        return ImageError(
-            f"{dest}: permission denied while writing; choose a directory you can write to"
-        )
-    if e.errno == errno.EROFS:
-        return ImageError(f"{dest}: file system is read-only; write somewhere else")
-    return ImageError(f"{dest}: cannot write the file ({_oneline(e.strerror or e)})")
-
-
-def _atomic_write(dest: Path, encode: Callable[[BinaryIO], None], *, overwrite: bool) -> Path:
-    """Write via a hidden temporary file in the destination directory, then move it in place.
-
-    Readers never see a partial file, and on any failure (including KeyboardInterrupt) the
-    temporary file is removed and the destination is left as it was.
-    """
-    if dest.is_dir():
-        raise ImageError(f"{dest}: is a directory; give an output file name")
-    if not overwrite and os.path.lexists(dest):
-        raise _exists_error(dest)
-    parent = dest.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ImageError(f"{parent}: exists and is not a directory; choose another path") from None
-    except OSError as e:
-        raise _write_error(dest, e) from None
-
-    tmp, fd = _create_temp(parent, dest)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            encode(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-        if overwrite:
-            os.replace(tmp, dest)
-        else:
-            _publish_no_overwrite(tmp, dest)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _write_error(dest, e) from None
-        raise
-    _fsync_dir(parent)
-    return dest
-
-
-def _create_temp(parent: Path, dest: Path) -> tuple[Path, int]:
-    # os.open with mode 0o666 lets the umask decide permissions, as for any new file
-    # (tempfile.mkstemp would leave the result readable only by its owner).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise _write_error(dest, e) from None
-    raise ImageError(f"{dest}: could not create a temporary file next to it; clean up {parent}")
-
-
-def _publish_no_overwrite(tmp: Path, dest: Path) -> None:
-    """Move ``tmp`` to ``dest`` unless ``dest`` appeared meanwhile."""
-    try:
-        # link() fails if dest exists, so a file created since the first check is never lost.
-        os.link(tmp, dest)
-    except FileExistsError:
-        raise _exists_error(dest) from None
-    except (OSError, NotImplementedError, AttributeError):
-        # No hard links here (FAT, some network file systems): re-check right before replace.
-        if os.path.lexists(dest):
-            raise _exists_error(dest) from None
-        os.replace(tmp, dest)
-    else:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself; best effort (not possible on every OS / file system)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

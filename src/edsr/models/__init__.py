@@ -72,7 +72,9 @@ def build_model(
         if scale is None:
             raise EdsrError(f"preset {preset!r} needs a scale (2, 3 or 4)")
         (scale,) = check_scales(scale)
-        return EDSR(scale=scale, n_resblocks=p.n_resblocks, n_feats=p.n_feats, res_scale=p.res_scale)
+        return EDSR(
+            scale=scale, n_resblocks=p.n_resblocks, n_feats=p.n_feats, res_scale=p.res_scale
+        )
     return MDSR(scales=check_scales(scales), n_resblocks=p.n_resblocks, n_feats=p.n_feats)
 
 

@@ -30,6 +30,7 @@ class MeanShift(nn.Conv2d):
         if len(rgb_mean) != n_colors:
             # A single-channel model has no RGB mean; use the mean of the three.
             rgb_mean = (sum(rgb_mean) / len(rgb_mean),) * n_colors
+        assert self.bias is not None  # nn.Conv2d's default: bias=True
         with torch.no_grad():
             self.weight.copy_(torch.eye(n_colors).view(n_colors, n_colors, 1, 1))
             self.bias.copy_(sign * rgb_range * torch.tensor(rgb_mean))
@@ -43,7 +44,9 @@ class ResBlock(nn.Module):
     def __init__(self, n_feats: int, kernel_size: int = 3, *, res_scale: float = 1.0) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            conv(n_feats, n_feats, kernel_size), nn.ReLU(inplace=True), conv(n_feats, n_feats, kernel_size)
+            conv(n_feats, n_feats, kernel_size),
+            nn.ReLU(inplace=True),
+            conv(n_feats, n_feats, kernel_size),
         )
         self.res_scale = res_scale
 
@@ -58,13 +61,15 @@ class ResBlock(nn.Module):
         """Fold ``res_scale`` into the second conv, so inference skips the multiply."""
         if self.res_scale != 1.0:
             last = self.body[2]
+            assert isinstance(last, nn.Conv2d) and last.bias is not None
             last.weight.mul_(self.res_scale)
             last.bias.mul_(self.res_scale)
             self.res_scale = 1.0
 
 
 class Upsampler(nn.Sequential):
-    """Sub-pixel upsampling: log2(scale) x [conv F->4F, shuffle 2] for powers of 2, or [conv F->9F, shuffle 3]."""
+    """Sub-pixel upsampling: log2(scale) x [conv F->4F, shuffle 2] for powers of 2, or
+    [conv F->9F, shuffle 3] for x3."""
 
     def __init__(self, scale: int, n_feats: int) -> None:
         layers: list[nn.Module] = []
@@ -84,4 +89,3 @@ def supported_scale(scale: int) -> bool:
 
 
 SUPPORTED_SCALES_TEXT = "3 or a power of 2 (2, 4, 8, ...)"
-

@@ -80,7 +80,7 @@ class EDSR(nn.Module):
         return self.add_mean(x)
 
     def fold_res_scale(self) -> EDSR:
-        """Return a copy with residual scaling folded into the convolutions (same outputs, no multiply)."""
+        """A copy with residual scaling folded into the convolutions: same outputs, no multiply."""
         model = copy.deepcopy(self)
         for block in model.body:
             if isinstance(block, ResBlock):

@@ -88,5 +88,5 @@ class MDSR(nn.Module):
         return self.add_mean(x)
 
     def fold_res_scale(self) -> MDSR:
-        """MDSR uses res_scale 1, so there is nothing to fold; returns a copy for symmetry with EDSR."""
+        """A copy: MDSR uses res_scale 1, so there is nothing to fold (symmetry with EDSR)."""
         return copy.deepcopy(self)

@@ -18,7 +18,9 @@ import PIL.Image
 
 from edsr.errors import EdsrError
 from edsr.io.image import MAX_PIXELS_ENV
-from edsr.serve.app import ServeConfig, create_app, load_models
+from edsr.serve.app import create_app
+from edsr.serve.config import ServeConfig
+from edsr.serve.models import load_models
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 

@@ -9,15 +9,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edsr.errors import EdsrError
+from edsr.inference.precision import PRECISIONS
 from edsr.io.atomic import atomic_write
-from edsr.models import PRESETS
+from edsr.models import PRESETS, check_scales
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found]
 
 
 @dataclass
@@ -53,22 +55,32 @@ class TrainConfig:
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise EdsrError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if not self.scales:
-            raise EdsrError("give at least one scale")
+        self.scales = list(check_scales(self.scales))
         if PRESETS[self.preset].arch == "edsr" and len(self.scales) != 1:
-            raise EdsrError(f"{self.preset} is single-scale: give one --scale (MDSR presets take several)")
-        for s in self.scales:
-            if s not in (2, 3, 4, 8):
-                raise EdsrError(f"scale {s} is not supported; use 2, 3, 4 or 8")
+            raise EdsrError(
+                f"{self.preset} is single-scale: give one --scale (MDSR presets take several)"
+            )
         if not self.train:
             raise EdsrError("no training data: give --train DIR")
-        for name in ("iters", "batch_size", "patch_size", "lr_decay_every", "val_every", "checkpoint_every", "log_every"):
+        for name in (
+            "iters",
+            "batch_size",
+            "patch_size",
+            "lr_decay_every",
+            "val_every",
+            "checkpoint_every",
+            "log_every",
+        ):
             if getattr(self, name) <= 0:
-                raise EdsrError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise EdsrError(
+                    f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
         if self.lr <= 0:
             raise EdsrError(f"learning rate must be positive, got {self.lr}")
-        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise EdsrError(f"precision must be fp32, bf16, fp16 or auto, not {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise EdsrError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
         if self.on_bad_image not in ("skip", "fail"):
             raise EdsrError(f"on_bad_image must be 'skip' or 'fail', not {self.on_bad_image!r}")
         if self.workers < 0:
@@ -111,7 +123,9 @@ def _coerce(name: str, value: object, hint: object) -> object:
     elif hint is str:
         if isinstance(value, str):
             return value
-    raise EdsrError(f"config key {name!r}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise EdsrError(
+        f"config key {name!r}: expected {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
 
 
 def apply_overrides(cfg: TrainConfig, values: dict, *, source: str) -> TrainConfig:
@@ -119,8 +133,11 @@ def apply_overrides(cfg: TrainConfig, values: dict, *, source: str) -> TrainConf
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise EdsrError(f"unknown config key(s) in {source}: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    updates = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+        raise EdsrError(
+            f"unknown config key(s) in {source}: {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(known))}"
+        )
+    updates: dict[str, Any] = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
     return dataclasses.replace(cfg, **updates)
 
 
@@ -136,14 +153,18 @@ def read_toml(path: str | os.PathLike) -> dict:
     return data.get("train", data) if isinstance(data.get("train"), dict) else data
 
 
-def resolve(preset: str | None, scales: list[int] | None, config_file: str | None, flags: dict) -> TrainConfig:
+def resolve(
+    preset: str | None, scales: list[int] | None, config_file: str | None, flags: dict
+) -> TrainConfig:
     """Recipe of the preset, then the config file, then command-line flags (last wins)."""
     file_values = read_toml(config_file) if config_file else {}
     preset = preset or file_values.get("preset") or "edsr-baseline"
     scales = scales or file_values.get("scales")
     cfg = recipe(preset, list(scales) if scales else None)
     cfg = apply_overrides(cfg, file_values, source=str(config_file))
-    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, source="the command line")
+    cfg = apply_overrides(
+        cfg, {k: v for k, v in flags.items() if v is not None}, source="the command line"
+    )
     cfg.preset = preset
     if scales:
         cfg.scales = [int(s) for s in scales]

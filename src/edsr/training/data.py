@@ -9,12 +9,13 @@ cut the same global batch into disjoint shards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,10 @@ import torch
 from tqdm import tqdm
 
 from edsr.errors import EdsrError, ImageError
-from edsr.io.atomic import atomic_write, edsr_home, sha256_file
-from edsr.io.image import IMAGE_EXTENSIONS, find_images, read_image
+from edsr.io.atomic import atomic_write
+from edsr.io.cache import edsr_home, sha256_file
+from edsr.io.datasets import find_dataset
+from edsr.io.image import read_image, to_8bit
 from edsr.resize import imresize
 
 log = logging.getLogger(__name__)
@@ -41,44 +44,14 @@ class Source:
     lr: dict[int, Path]
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _lr_files(lr_root: Path, hr: Path, scales: Sequence[int]) -> dict[int, Path]:
-    found = {}
-    for s in scales:
-        for ext in (hr.suffix, ".png"):
-            cand = lr_root / f"X{s}" / f"{hr.stem}x{s}{ext}"
-            if cand.is_file():
-                found[s] = cand
-                break
-    return found
-
-
-def find_sources(dirs: Sequence[str | os.PathLike], scales: Sequence[int]) -> list[Source]:
-    """Training images in DIV2K (``DIV2K_train_HR``), benchmark (``HR/``) or flat layouts."""
+def find_sources(dirs: Sequence[str | os.PathLike[str]], scales: Sequence[int]) -> list[Source]:
+    """Training images of each folder (benchmark, DIV2K ``train`` split, or flat layout)."""
     sources: list[Source] = []
     for d in dirs:
-        root = Path(d)
-        if not root.is_dir():
-            raise EdsrError(f"training directory {root} does not exist" if not root.exists() else f"{root} is not a directory")
-        if root.name == "HR" and not (root / "HR").is_dir():
-            root = root.parent
-        div2k = sorted(p for p in root.glob("DIV2K_*_HR") if p.is_dir())
-        if div2k:
-            for hr_dir in div2k:
-                lr_root = root / hr_dir.name.replace("_HR", "_LR_bicubic")
-                sources += [Source(p, _lr_files(lr_root, p, scales)) for p in _images_in(hr_dir)]
-        elif (root / "HR").is_dir():
-            sources += [Source(p, _lr_files(root / "LR_bicubic", p, scales)) for p in _images_in(root / "HR")]
-        else:
-            try:
-                sources += [Source(p, {}) for p in find_images([root])]
-            except ImageError:
-                pass
-        if not sources:
-            raise EdsrError(f"no training images in {root}; expected image files, HR/, or DIV2K_train_HR/")
+        ds = find_dataset(d, split="train", what="training")
+        for hr in ds.hr_files:
+            lr = {s: p for s in scales if (p := ds.lr_path(hr, s)) is not None}
+            sources.append(Source(hr, lr))
     return sources
 
 
@@ -106,7 +79,9 @@ class ImageCache:
             ident += [str(lr.resolve()), lst.st_size, lst.st_mtime_ns]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
 
-    def get(self, src: Source, scale: int | None, make, *, mmap: bool) -> np.ndarray:
+    def get(
+        self, src: Source, scale: int | None, make: Callable[[], np.ndarray], *, mmap: bool
+    ) -> np.ndarray:
         key = self._key(src, scale)
         npy, meta = self.root / f"{key}.npy", self.root / f"{key}.json"
         if npy.is_file() and meta.is_file():
@@ -116,21 +91,27 @@ class ImageCache:
                     return np.load(npy, mmap_mode="r" if mmap else None)
             except (OSError, ValueError, KeyError):
                 pass
-            warnings.warn(f"cache entry for {src.hr.name} (x{scale or 1}) is damaged; rebuilding it", stacklevel=2)
+            warnings.warn(
+                f"cache entry for {src.hr.name} (x{scale or 1}) is damaged; rebuilding it",
+                stacklevel=2,
+            )
         arr = make()
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_write(npy, overwrite=True) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-        info = {"bytes": npy.stat().st_size, "sha256": sha256_file(npy), "source": str(src.hr), "scale": scale}
+        info = {
+            "bytes": npy.stat().st_size,
+            "sha256": sha256_file(npy),
+            "source": str(src.hr),
+            "scale": scale,
+        }
         with atomic_write(meta, overwrite=True) as tmp:
             tmp.write_text(json.dumps(info))
         return np.load(npy, mmap_mode="r") if mmap else arr
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    pixels = read_image(path).pixels
-    if pixels.dtype == np.uint16:
-        pixels = np.floor(pixels.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    pixels = to_8bit(read_image(path).pixels)
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(pixels)
@@ -169,15 +150,17 @@ class PatchDataset:
         self.lr: dict[int, list[np.ndarray]] = {s: [] for s in self.scales}
         self.names: list[str] = []
         skipped_bad: list[str] = []
-        for src in tqdm(sources, desc="decoding training images", unit="img", disable=not progress, leave=False):
+        for src in tqdm(
+            sources, desc="decoding training images", unit="img", disable=not progress, leave=False
+        ):
             try:
-                hr = cache.get(src, None, lambda src=src: _read_rgb(src.hr), mmap=mmap)
+                hr = cache.get(src, None, functools.partial(_read_rgb, src.hr), mmap=mmap)
                 lrs = {}
                 for s in self.scales:
                     if s in src.lr:
-                        make = lambda src=src, s=s: _read_rgb(src.lr[s])  # noqa: E731
+                        make = functools.partial(_read_rgb, src.lr[s])
                     else:
-                        make = lambda hr=hr, s=s: _make_lr(np.asarray(hr), s)  # noqa: E731
+                        make = functools.partial(_make_lr, np.asarray(hr), s)
                     lrs[s] = cache.get(src, s, make, mmap=mmap)
                     want = (hr.shape[0] // s, hr.shape[1] // s)
                     if lrs[s].shape[:2] != want:
@@ -204,15 +187,23 @@ class PatchDataset:
         # scale: they are left out of that scale only (not padded, which would teach borders).
         self.eligible: dict[int, np.ndarray] = {}
         for s in self.scales:
-            ok = [i for i, a in enumerate(self.lr[s]) if a.shape[0] >= patch_size and a.shape[1] >= patch_size]
+            ok = [
+                i
+                for i, a in enumerate(self.lr[s])
+                if a.shape[0] >= patch_size and a.shape[1] >= patch_size
+            ]
             small = len(self.lr[s]) - len(ok)
             if small:
                 warnings.warn(
-                    f"x{s}: {small} image(s) smaller than a {patch_size}x{patch_size} LR patch are skipped at this scale",
+                    f"x{s}: {small} image(s) smaller than a {patch_size}x{patch_size} LR patch "
+                    "are skipped at this scale",
                     stacklevel=2,
                 )
             if not ok:
-                raise EdsrError(f"no training image is large enough for {patch_size}x{patch_size} LR patches at x{s}")
+                raise EdsrError(
+                    f"no training image is large enough for {patch_size}x{patch_size} "
+                    f"LR patches at x{s}"
+                )
             self.eligible[s] = np.asarray(ok)
 
     def __len__(self) -> int:
@@ -221,7 +212,7 @@ class PatchDataset:
     def batch(
         self, step: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1
     ) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """(scale, LR uint8 (b, 3, p, p), HR uint8 (b, 3, p*s, p*s)) for ``step``, this rank's shard."""
+        """(scale, LR (b, 3, p, p), HR (b, 3, p*s, p*s)) uint8: this rank's shard of ``step``."""
         rng = np.random.default_rng([seed, step])
         scale = self.scales[int(rng.integers(len(self.scales)))]
         pool = self.eligible[scale]
@@ -237,7 +228,9 @@ class PatchDataset:
             y = int(u[i, 0] * (lr_img.shape[0] - p + 1))
             x = int(u[i, 1] * (lr_img.shape[1] - p + 1))
             lr_out[j] = dihedral_np(lr_img[y : y + p, x : x + p], int(dihedral[i]))
-            hr_out[j] = dihedral_np(hr_img[y * scale : y * scale + hp, x * scale : x * scale + hp], int(dihedral[i]))
+            hr_out[j] = dihedral_np(
+                hr_img[y * scale : y * scale + hp, x * scale : x * scale + hp], int(dihedral[i])
+            )
         lr_t = torch.from_numpy(lr_out).permute(0, 3, 1, 2)
         hr_t = torch.from_numpy(hr_out).permute(0, 3, 1, 2)
         return scale, lr_t, hr_t
@@ -250,13 +243,23 @@ def dihedral_np(a: np.ndarray, k: int) -> np.ndarray:
 
 
 class BatchStream(torch.utils.data.IterableDataset):
-    """Batches for steps ``start .. stop-1`` in order; worker ``w`` of ``n`` makes steps ``w, w+n, ...``
+    """Batches for steps ``start .. stop-1`` in order; worker ``w`` of ``n`` makes ``w, w+n, ...``
 
     The DataLoader takes one item from each worker in turn, so the order is the step order
     whatever the number of workers.
     """
 
-    def __init__(self, data: PatchDataset, start: int, stop: int, batch_size: int, *, seed: int, rank: int, world_size: int):
+    def __init__(
+        self,
+        data: PatchDataset,
+        start: int,
+        stop: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ):
         super().__init__()
         self.data, self.start, self.stop, self.batch_size = data, start, stop, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -265,14 +268,28 @@ class BatchStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid, n = (info.id, info.num_workers) if info else (0, 1)
         for step in range(self.start + wid, self.stop, n):
-            scale, lr, hr = self.data.batch(step, self.batch_size, seed=self.seed, rank=self.rank, world_size=self.world_size)
+            scale, lr, hr = self.data.batch(
+                step, self.batch_size, seed=self.seed, rank=self.rank, world_size=self.world_size
+            )
             yield step, scale, lr, hr
 
 
 def batch_loader(
-    data: PatchDataset, start: int, stop: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, workers: int = 0
+    data: PatchDataset,
+    start: int,
+    stop: int,
+    batch_size: int,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
 ) -> torch.utils.data.DataLoader:
     stream = BatchStream(data, start, stop, batch_size, seed=seed, rank=rank, world_size=world_size)
     return torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
     )

@@ -1,30 +1,25 @@
-"""The training loop: one readable function, the paper's recipe, exact resume, DDP via torchrun.
+"""The training loop: the paper's recipe, exact resume, DDP via torchrun, in one function.
 
-Run directory layout::
-
-    config.toml               resolved configuration (read back by --resume)
-    log.csv                   step, loss, lr, seconds/iteration, skipped batches
-    val.csv                   step, scale, PSNR, SSIM
-    bicubic.csv               bicubic PSNR/SSIM on the validation set (the line to beat)
-    loss.png, psnr.png        curves, redrawn as training goes
-    checkpoints/state-*.pt    full training state (the newest two are kept) + .sha256
-    model_latest.safetensors  weights at the last checkpoint; model_best.safetensors too
-    model.safetensors         the final model, for `edsr eval` and `edsr upscale`
+:func:`train` reads top to bottom: setup (everything a user can get wrong is checked before
+the run folder is written), then one plain loop over the steps: the batch of this step, the
+forward pass, L1, Adam, then logging, validation and checkpoints. What the run folder holds
+(checkpoints, RNG state, CSV logs, curves) is in :mod:`edsr.training.run`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import logging
+import functools
 import math
 import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,37 +28,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from edsr.errors import EdsrError
-from edsr.evaluate import BICUBIC, evaluate
-from edsr.inference.precision import cpu_has_native_bf16
-from edsr.io.atomic import atomic_write, sha256_file
+from edsr.evaluate import evaluate
+from edsr.inference.precision import precision_name, resolve_precision
+from edsr.io.datasets import find_dataset
 from edsr.models import SRModel, build_model
 from edsr.training.config import TrainConfig, load_config, save_config
 from edsr.training.data import PatchDataset, batch_loader
-from edsr.training.plot import line_chart
-from edsr.weights import detect_config, read_checkpoint, save_model
-
-log = logging.getLogger("edsr.training.loop")
-
-_RUN_FILES = ("config.toml", "log.csv", "val.csv", "bicubic.csv", "loss.png", "psnr.png", "model.safetensors",
-              "model_latest.safetensors", "model_best.safetensors")
-# Fault injection for the resume test: SIGKILL this process right after the checkpoint at
-# this step is on disk, as a power cut or OOM killer would.
-_KILL_AFTER_ENV = "EDSR_FAULT_KILL_AFTER_CHECKPOINT"
-
-
-def _say(msg: str, rank: int) -> None:
-    if rank == 0:
-        tqdm.write(msg)
-
-
-def pick_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise EdsrError("fp16 training needs a CUDA GPU; on a CPU use --precision bf16 or fp32")
-    return precision
+from edsr.training.run import RunFolder, rng_state, set_rng_state
+from edsr.weights import save_model
+from edsr.weights.transfer import init_from
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -71,171 +44,303 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * cfg.lr_decay_factor ** (step // cfg.lr_decay_every)
 
 
-def _source_key(key: str, own_cfg: dict, src_cfg: dict) -> tuple[str | None, str]:
-    """Name in the source file of our tensor ``key`` (None: do not copy it), and why.
+def train(
+    cfg: TrainConfig | None = None,
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    iters: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) a run; returns the path of the final model file.
 
-    EDSR keeps its final conv at ``tail.1`` after the upsampler ``tail.0``; MDSR keeps one
-    upsampler per scale in ``upsample.i`` and the final conv at ``tail.0``. Translating
-    between the two lets a trained single-scale body start a multi-scale model and back.
-    An upsampler is copied only from a model of the same scale: another scale's pixel
-    shuffle has a different shape and meaning.
+    ``resume`` is a run directory: its saved config is used (``iters`` may extend it) and
+    training continues exactly where the newest intact checkpoint left it. Ctrl-C or SIGTERM
+    saves a checkpoint at the end of the current step and raises ``KeyboardInterrupt``;
+    a second one stops at once.
     """
-    src_arch, own_arch = src_cfg["arch"], own_cfg["arch"]
-    src_scales = src_cfg["scales"] if src_arch == "mdsr" else [src_cfg["scale"]]
-    own_scales = own_cfg["scales"] if own_arch == "mdsr" else [own_cfg["scale"]]
-    if own_arch == "edsr" and key.startswith("tail.0."):
-        scale, rest = own_scales[0], key[len("tail.0."):]
-    elif own_arch == "mdsr" and key.startswith("upsample."):
-        index, rest = key[len("upsample."):].split(".", 1)
-        scale = own_scales[int(index)]
-    else:
-        final = {"edsr": "tail.1.", "mdsr": "tail.0."}
-        if key.startswith(final[own_arch]):
-            return final[src_arch] + key[len(final[own_arch]):], "final conv"
-        return key, ""
-    if scale not in src_scales:
-        return None, f"x{scale} upsampler (the file has x{'/x'.join(map(str, src_scales))}; trained from scratch)"
-    prefix = "tail.0." if src_arch == "edsr" else f"upsample.{src_scales.index(scale)}."
-    return prefix + rest, f"x{scale} upsampler"
+    # -- Setup: what can fail is checked before the run folder is touched ------------------
+    rank, world, device = _setup_distributed()
+    say = functools.partial(_say, rank)
+
+    if resume is not None:
+        run = RunFolder(resume)
+        if not run.config.is_file():
+            raise EdsrError(
+                f"{run.path} is not a training run (no config.toml); "
+                f"start one with --out {run.path}"
+            )
+        cfg = load_config(run.config)
+        cfg.out = str(run.path)
+        if iters is not None:
+            cfg.iters = iters
+    elif cfg is None:
+        raise EdsrError("train needs a config or --resume RUN_DIR")
+    cfg.validate()
+    run = RunFolder(cfg.out)
+    scales = tuple(cfg.scales)
+    if cfg.batch_size % world:
+        raise EdsrError(
+            f"batch size {cfg.batch_size} does not split over {world} processes; "
+            f"use a multiple of {world}"
+        )
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise EdsrError("fp16 training needs a CUDA GPU; on a CPU use --precision bf16 or fp32")
+    dtype = resolve_precision(cfg.precision, device)
+    if cfg.val:
+        find_dataset(cfg.val, what="validation")
+    if resume is None:
+        run.check_new(overwrite=overwrite)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    data = PatchDataset(
+        cfg.train,
+        scales,
+        patch_size=cfg.patch_size,
+        cache_dir=cfg.cache_dir,
+        on_bad_image=cfg.on_bad_image,
+        progress=progress and rank == 0,
+    )
+    model = build_model(cfg.preset, scale=scales[0], scales=scales)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+    )
+    if cfg.init_from and resume is None:
+        transfer = init_from(model, cfg.init_from)
+        say(
+            f"init from {cfg.init_from}: loaded {transfer.loaded} tensors, "
+            f"skipped {len(transfer.skipped)}:"
+        )
+        for line in transfer.skipped:
+            say(f"  skipped {line}")
+
+    # -- The run folder: written from here on ----------------------------------------------
+    if rank == 0:
+        if resume is None:
+            run.clear()
+        save_config(cfg, run.config)
+    step, best, loss_ema = 0, -math.inf, None
+    state = run.latest_checkpoint(say) if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best, loss_ema = state["step"], state["best_psnr"], state["loss_ema"]
+        set_rng_state(state["rng"])
+        if rank == 0:
+            run.truncate_logs(step)
+        say(f"resumed {run.path} at step {step}")
+    elif resume is not None:
+        say(f"no intact checkpoint in {run.path}; starting from step 0")
+
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
+    for s in optimizer.state.values():  # resume on another device
+        for k, v in s.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                s[k] = v.to(device)
+    net: torch.nn.Module = model
+    if world > 1:
+        # MDSR leaves the other scales' branches without gradients in every step.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=model.config()["arch"] == "mdsr"
+        )
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    amp_dtype = None if dtype == torch.float32 else dtype
+
+    say(
+        f"training {cfg.preset} x{'/'.join(map(str, scales))} on {len(data)} images, "
+        f"{precision_name(dtype)}, batch {cfg.batch_size} over {world} process(es), "
+        f"device {device}"
+    )
+    if rank == 0 and cfg.val:
+        run.bicubic_reference(cfg.val, scales)
+        if state is None and step == 0:  # the starting point: the curve shows what training gained
+            best = _validate(run, model, cfg.val, scales, 0, best, say)
+    loader = batch_loader(
+        data,
+        step,
+        cfg.iters,
+        cfg.batch_size,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+        workers=cfg.workers,
+    )
+    bar = tqdm(
+        total=cfg.iters,
+        initial=step,
+        desc="train",
+        unit="it",
+        disable=not (progress and rank == 0),
+        dynamic_ncols=True,
+    )
+    window_loss, window_n, window_t, skipped = 0.0, 0, time.perf_counter(), 0
+    stopping = False
+
+    # -- The loop ----------------------------------------------------------------------------
+    model.train()
+    with bar, _StopSignals() as stop:
+        for batch_step, scale, lr_u8, hr_u8 in loader:
+            assert batch_step == step, (batch_step, step)
+            for g in optimizer.param_groups:
+                g["lr"] = learning_rate(cfg, step)
+            lr_img = lr_u8.to(device, non_blocking=True).float()
+            lr_img = lr_img.contiguous(memory_format=memory_format)
+            hr_img = hr_u8.to(device, non_blocking=True).float()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = net(lr_img, scale)
+            loss = F.l1_loss(out.float(), hr_img)
+            # One all-reduce carries the mean loss and whether any rank was asked to stop,
+            # so every rank leaves the loop after the same step.
+            shared = torch.stack([loss.detach().float(), loss.new_tensor(float(stop.requested))])
+            if world > 1:
+                dist.all_reduce(shared)
+            value, stopping = float(shared[0]) / world, bool(shared[1] > 0)
+
+            # A non-finite or exploding loss would wreck Adam's moments: skip that batch.
+            spike = loss_ema is not None and step > 100 and value > cfg.spike_factor * loss_ema
+            optimizer.zero_grad(set_to_none=True)
+            if not math.isfinite(value) or spike:
+                skipped += 1
+                say(
+                    f"warning: step {step}: loss {value:.4g} (running mean "
+                    f"{loss_ema or float('nan'):.4g}); batch skipped"
+                )
+                if world > 1:  # keep DDP's collectives matched across ranks
+                    (out.sum() * 0).backward()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
+                window_loss += value
+                window_n += 1
+            step += 1
+            bar.update(1)
+
+            last = step == cfg.iters
+            if step % cfg.log_every == 0 or last:
+                sec = (time.perf_counter() - window_t) / (step % cfg.log_every or cfg.log_every)
+                mean_loss = window_loss / window_n if window_n else float("nan")
+                lr_now = learning_rate(cfg, step - 1)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr_now:.2e}")
+                if rank == 0:
+                    run.log_loss([step, f"{mean_loss:.5f}", f"{lr_now:.3e}", f"{sec:.4f}", skipped])
+                window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
+            if (step % cfg.val_every == 0 or last) and rank == 0 and cfg.val:
+                best = _validate(run, model, cfg.val, scales, step, best, say)
+            if (step % cfg.checkpoint_every == 0 or last or stopping) and rank == 0:
+                _checkpoint(run, model, optimizer, cfg, step, best, loss_ema)
+            if stopping:
+                break
+
+    if stopping and step < cfg.iters:
+        say(
+            f"interrupted at step {step}; checkpoint saved. "
+            f"Continue with: edsr train --resume {run.path}"
+        )
+        raise KeyboardInterrupt
+    if rank == 0:
+        save_model(model, run.final_model, overwrite=True, metadata={"step": str(step)})
+        run.draw_curves()
+        best_note = (
+            f" (best validation {best:.2f} dB: {run.best_model})" if math.isfinite(best) else ""
+        )
+        say(f"done: {run.final_model}{best_note}")
+    if world > 1:
+        dist.barrier()
+    return run.final_model
 
 
-def init_from(model: SRModel, path: str, rank: int = 0) -> list[str]:
-    """Copy every tensor of a trained model that fits ours; return the skipped keys with reasons.
-
-    Works across EDSR and MDSR of the same width: the body, head and final conv carry
-    over, an upsampler only where the file has the same scale.
-    """
-    src, src_cfg, _ = read_checkpoint(path)
-    if src_cfg is None:
-        src_cfg = detect_config(src)
-    own_cfg = model.config()
-    own = model.state_dict()
-    load, skipped = {}, []
-    for k, v in own.items():
-        sk, why = _source_key(k, own_cfg, src_cfg)
-        if sk is None:
-            skipped.append(f"{k}: {why}")
-        elif sk not in src:
-            skipped.append(f"{k}: not in {Path(path).name}")
-        elif tuple(src[sk].shape) != tuple(v.shape):
-            skipped.append(f"{k}: shape {tuple(src[sk].shape)} in the file, {tuple(v.shape)} here")
-        else:
-            load[k] = src[sk].to(v.dtype)
-    if not any(k.startswith("body.") for k in load):
-        raise EdsrError(f"{path} shares no body weights with {own_cfg['arch']} {model.n_resblocks}x{model.n_feats}")
-    model.load_state_dict(load, strict=False)
-    _say(f"init from {path}: loaded {len(load)} tensors, skipped {len(skipped)}:", rank)
-    for line in skipped:
-        _say(f"  skipped {line}", rank)
-    return skipped
+def _say(rank: int, msg: str) -> None:
+    """Progress lines come from rank 0 only, through tqdm so they do not break its bar."""
+    if rank == 0:
+        tqdm.write(msg)
 
 
-# ---------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_state(run: Path, state: dict, step: int, keep: int = 2) -> Path:
-    ckdir = run / "checkpoints"
-    path = ckdir / f"state-{step:08d}.pt"
-    with atomic_write(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
-        digest = sha256_file(tmp)
-    with atomic_write(path.with_suffix(".pt.sha256"), overwrite=True) as tmp:
-        tmp.write_text(digest + "\n")
-    for old in sorted(ckdir.glob("state-*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".pt.sha256").unlink(missing_ok=True)
-    return path
-
-
-def load_latest_state(run: Path, rank: int = 0) -> dict | None:
-    """Newest checkpoint whose hash and contents check out; a damaged one is reported and passed over."""
-    for path in sorted((run / "checkpoints").glob("state-*.pt"), reverse=True):
-        try:
-            expected = path.with_suffix(".pt.sha256").read_text().strip()
-            if sha256_file(path) != expected:
-                raise ValueError("SHA-256 does not match")
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any damage means: use the previous one
-            _say(f"warning: checkpoint {path.name} is damaged ({type(e).__name__}: {e}); trying the previous one", rank)
-    return None
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": list(random.getstate()[1]),
-        "numpy": [int(x) for x in np_state[1]] + [int(np_state[2])],
+def _checkpoint(
+    run: RunFolder,
+    model: SRModel,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    step: int,
+    best: float,
+    loss_ema: float | None,
+) -> None:
+    """Full state first, then the weights-only copy: a crash between them loses nothing."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "best_psnr": best,
+        "loss_ema": loss_ema,
+        "rng": rng_state(),
+        "config": dataclasses.asdict(cfg),
     }
+    run.save_checkpoint(state, step)
+    save_model(model, run.latest_model, overwrite=True, metadata={"step": str(step)})
+    run.draw_curves()
 
 
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    random.setstate((3, tuple(s["python"]), None))
-    np.random.set_state(("MT19937", np.array(s["numpy"][:-1], dtype=np.uint32), s["numpy"][-1]))
+def _validate(
+    run: RunFolder,
+    model: SRModel,
+    val: str,
+    scales: tuple[int, ...],
+    step: int,
+    best: float,
+    say: Callable[[str], None],
+) -> float:
+    """Score the validation set, log it, keep the best model; returns the new best mean PSNR."""
+    model.eval()
+    results = evaluate(model, [val], scales, progress=False)["results"]
+    model.train()
+    run.log_validation(step, results)
+    say(
+        f"step {step}: validation "
+        + ", ".join(f"x{r['scale']} {r['psnr']:.2f} dB" for r in results)
+    )
+    mean = float(np.mean([r["psnr"] for r in results]))
+    if mean > best:
+        meta = {"step": str(step), "psnr": f"{mean:.4f}"}
+        save_model(model, run.best_model, overwrite=True, metadata=meta)
+        return mean
+    return best
 
 
-# ---------------------------------------------------------------------------------------
-# Logs and plots
+class _StopSignals:
+    """Ctrl-C and SIGTERM (``timeout``, ``docker stop``, SLURM) ask the loop to stop.
 
+    The handler only sets a flag, read between steps, so the checkpoint it leads to never
+    holds weights one update ahead of its step counter; a second signal stops at once
+    (KeyboardInterrupt, no checkpoint). The previous handlers come back on exit.
+    """
 
-def _append_csv(path: Path, header: list[str], row: list) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(header)
-        w.writerow(row)
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
 
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
 
-def _truncate_csv(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from, so the log has no duplicates."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    with atomic_write(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signals go to the main one
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
 
-
-def draw_curves(run: Path) -> None:
-    def read(name: str) -> list[dict]:
-        p = run / name
-        return list(csv.DictReader(p.read_text().splitlines())) if p.exists() else []
-
-    rows = read("log.csv")
-    if rows:
-        line_chart(run / "loss.png", {"L1 loss": ([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])},
-                   title="training loss", xlabel="iteration", ylabel="L1 (0..255)", log_y=True)
-    vals = read("val.csv")
-    if vals:
-        series: dict[str, tuple[list, list]] = {}
-        for r in vals:
-            xs, ys = series.setdefault(f"x{r['scale']}", ([], []))
-            xs.append(int(r["step"]))
-            ys.append(float(r["psnr"]))
-        refs = {f"x{r['scale']} bicubic": float(r["psnr"]) for r in read("bicubic.csv")}
-        line_chart(run / "psnr.png", series, title="validation PSNR (Y); dashed: bicubic", xlabel="iteration",
-                   ylabel="PSNR dB", references=refs)
-
-
-def bicubic_reference(run: Path, val: str, scales: Sequence[int]) -> None:
-    """Score bicubic on the validation set once, so the PSNR chart shows what training must beat."""
-    path = run / "bicubic.csv"
-    have = {int(r["scale"]) for r in csv.DictReader(path.read_text().splitlines())} if path.exists() else set()
-    todo = [s for s in scales if s not in have]
-    if todo:
-        for r in evaluate(BICUBIC, [val], todo, progress=False)["results"]:
-            _append_csv(path, ["scale", "psnr", "ssim"], [r["scale"], f"{r['psnr']:.4f}", f"{r['ssim']:.5f}"])
-
-
-# ---------------------------------------------------------------------------------------
-# Distributed
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:
@@ -251,207 +356,3 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
             return rank, world, torch.device("cuda", local)
         return rank, world, torch.device("cpu")
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def prepare_run_dir(run: Path, *, resume: bool, overwrite: bool) -> None:
-    if (run / "config.toml").exists() and not (resume or overwrite):
-        raise EdsrError(f"{run} already holds a training run; continue it with --resume {run} or replace it with --overwrite")
-    if overwrite and not resume:
-        for name in _RUN_FILES:
-            (run / name).unlink(missing_ok=True)
-        for p in (run / "checkpoints").glob("state-*"):
-            p.unlink()
-    run.mkdir(parents=True, exist_ok=True)
-
-
-# ---------------------------------------------------------------------------------------
-# The loop
-
-
-def train(
-    cfg: TrainConfig | None = None,
-    *,
-    resume: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    iters: int | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train (or resume) a run; returns the path of the final model file.
-
-    ``resume`` is a run directory: its saved config is used (``iters`` may extend it) and
-    training continues exactly where the newest intact checkpoint left it.
-    """
-    rank, world, device = _setup_distributed()
-    if resume is not None:
-        run = Path(resume)
-        if not (run / "config.toml").is_file():
-            raise EdsrError(f"{run} is not a training run (no config.toml); start one with --out {run}")
-        cfg = load_config(run / "config.toml")
-        cfg.out = str(run)
-        if iters is not None:
-            cfg.iters = iters
-    elif cfg is None:
-        raise EdsrError("train needs a config or --resume RUN_DIR")
-    cfg.validate()
-    run = Path(cfg.out)
-    if cfg.batch_size % world:
-        raise EdsrError(f"batch size {cfg.batch_size} does not split over {world} processes; use a multiple of {world}")
-    if cfg.val and not Path(cfg.val).exists():
-        raise EdsrError(f"validation set {cfg.val} does not exist")
-    if rank == 0:
-        prepare_run_dir(run, resume=resume is not None, overwrite=overwrite)
-        save_config(cfg, run / "config.toml")
-    precision = pick_precision(cfg.precision, device)
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    data = PatchDataset(cfg.train, cfg.scales, patch_size=cfg.patch_size, cache_dir=cfg.cache_dir,
-                        on_bad_image=cfg.on_bad_image, progress=progress and rank == 0)
-    scales = tuple(cfg.scales)
-    model = build_model(cfg.preset, scale=scales[0], scales=scales)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                 betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    step, best, loss_ema = 0, -math.inf, None
-    state = load_latest_state(run, rank) if resume is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best, loss_ema = state["step"], state["best_psnr"], state["loss_ema"]
-        _set_rng_state(state["rng"])
-        for name in ("log.csv", "val.csv"):
-            if rank == 0:
-                _truncate_csv(run / name, step)
-        _say(f"resumed {run} at step {step}", rank)
-    elif resume is not None:
-        _say(f"no intact checkpoint in {run}; starting from step 0", rank)
-    elif cfg.init_from:
-        init_from(model, cfg.init_from, rank)
-
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
-    for s in optimizer.state.values():  # resume on another device
-        for k, v in s.items():
-            if isinstance(v, torch.Tensor) and k != "step":
-                s[k] = v.to(device)
-    net: torch.nn.Module = model
-    if world > 1:
-        # MDSR leaves the other scales' branches without gradients in every step.
-        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.config()["arch"] == "mdsr")
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    def checkpoint(at: int) -> None:
-        if rank != 0:
-            return
-        save_state(run, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": at,
-                         "best_psnr": best, "loss_ema": loss_ema, "rng": _rng_state(),
-                         "config": dataclasses.asdict(cfg)}, at)
-        save_model(model, run / "model_latest.safetensors", overwrite=True, metadata={"step": str(at)})
-        draw_curves(run)
-        if os.environ.get(_KILL_AFTER_ENV) == str(at):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def validate(at: int) -> None:
-        nonlocal best
-        if rank != 0 or not cfg.val:
-            return
-        model.eval()
-        report = evaluate(model, [cfg.val], scales, progress=False)
-        model.train()
-        for r in report["results"]:
-            _append_csv(run / "val.csv", ["step", "scale", "psnr", "ssim"], [at, r["scale"], f"{r['psnr']:.4f}", f"{r['ssim']:.5f}"])
-        mean = float(np.mean([r["psnr"] for r in report["results"]]))
-        summary = ", ".join(f"x{r['scale']} {r['psnr']:.2f} dB" for r in report["results"])
-        _say(f"step {at}: validation {summary}", rank)
-        if mean > best:
-            best = mean
-            save_model(model, run / "model_best.safetensors", overwrite=True, metadata={"step": str(at), "psnr": f"{mean:.4f}"})
-
-    if rank == 0:
-        _say(f"training {cfg.preset} x{'/'.join(map(str, scales))} on {len(data)} images, {precision}, "
-             f"batch {cfg.batch_size} over {world} process(es), device {device}", rank)
-    loader = batch_loader(data, step, cfg.iters, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world, workers=cfg.workers)
-    bar = tqdm(total=cfg.iters, initial=step, desc="train", unit="it", disable=not (progress and rank == 0), dynamic_ncols=True)
-    if rank == 0 and cfg.val:
-        bicubic_reference(run, cfg.val, scales)
-    if step == 0 and state is None:
-        validate(0)  # the starting point, so the curve shows what training gained
-    model.train()
-    window_loss, window_n, window_t, skipped = 0.0, 0, time.perf_counter(), 0
-    # Ctrl-C only sets a flag, acted on between steps, so the checkpoint it triggers never
-    # holds weights one update ahead of its step counter. A second Ctrl-C stops at once.
-    stop = {"requested": False}
-
-    def on_sigint(signum: int, frame: object) -> None:
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-
-    in_main = threading.current_thread() is threading.main_thread()
-    previous_handler = signal.signal(signal.SIGINT, on_sigint) if in_main else None
-    try:
-        for batch_step, scale, lr_u8, hr_u8 in loader:
-            assert batch_step == step, (batch_step, step)
-            for g in optimizer.param_groups:
-                g["lr"] = learning_rate(cfg, step)
-            lr_img = lr_u8.to(device, non_blocking=True).float().contiguous(memory_format=memory_format)
-            hr_img = hr_u8.to(device, non_blocking=True).float()
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = net(lr_img, scale)
-            loss = F.l1_loss(out.float(), hr_img)
-            value = loss.detach()
-            if world > 1:
-                dist.all_reduce(value)
-                value /= world
-            value = float(value)
-            # A non-finite or exploding loss would wreck Adam's moments: skip that batch.
-            spike = loss_ema is not None and step > 100 and value > cfg.spike_factor * loss_ema
-            optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(value) or spike:
-                skipped += 1
-                _say(f"warning: step {step}: loss {value:.4g} (running mean {loss_ema or float('nan'):.4g}); batch skipped", rank)
-                if world > 1:  # keep DDP's collectives matched across ranks
-                    (out.sum() * 0).backward()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_ema = value if loss_ema is None else 0.98 * loss_ema + 0.02 * value
-                window_loss += value
-                window_n += 1
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.iters:
-                now = time.perf_counter()
-                sec = (now - window_t) / max(1, cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every)
-                mean_loss = window_loss / window_n if window_n else float("nan")
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{learning_rate(cfg, step - 1):.2e}")
-                if rank == 0:
-                    _append_csv(run / "log.csv", ["step", "loss", "lr", "sec_per_iter", "skipped"],
-                                [step, f"{mean_loss:.5f}", f"{learning_rate(cfg, step - 1):.3e}", f"{sec:.4f}", skipped])
-                window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-            if step % cfg.val_every == 0 or step == cfg.iters:
-                validate(step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.iters:
-                checkpoint(step)
-            if stop["requested"]:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        bar.close()
-        if rank == 0:
-            checkpoint(step)
-            _say(f"interrupted at step {step}; checkpoint saved. Continue with: edsr train --resume {run}", rank)
-        raise
-    finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous_handler)
-    bar.close()
-    final = run / "model.safetensors"
-    if rank == 0:
-        save_model(model, final, overwrite=True, metadata={"step": str(step)})
-        draw_curves(run)
-        _say(f"done: {final}" + (f" (best validation {best:.2f} dB: {run / 'model_best.safetensors'})" if math.isfinite(best) else ""), rank)
-    if world > 1:
-        dist.barrier()
-    return final

@@ -55,10 +55,17 @@ def line_chart(
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    pts = {k: [(x, y) for x, y in zip(*v, strict=True) if math.isfinite(y) and (y > 0 or not log_y)] for k, v in series.items()}
+    pts = {
+        k: [(x, y) for x, y in zip(*v, strict=True) if math.isfinite(y) and (y > 0 or not log_y)]
+        for k, v in series.items()
+    }
     xs = [x for p in pts.values() for x, _ in p]
     ys = [math.log10(y) if log_y else y for p in pts.values() for _, y in p]
-    ys += [math.log10(y) if log_y else y for y in references.values() if math.isfinite(y) and (y > 0 or not log_y)]
+    ys += [
+        math.log10(y) if log_y else y
+        for y in references.values()
+        if math.isfinite(y) and (y > 0 or not log_y)
+    ]
     draw.text((left, 12), title, fill="black", font=font)
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
     draw.text(((left + w - right) // 2 - 3 * len(xlabel), h - 20), xlabel, fill="black", font=font)

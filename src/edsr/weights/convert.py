@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypeGuard
 
 import torch
 
@@ -18,14 +19,18 @@ PREFIXES = ("module.", "_orig_mod.", "model.")
 StateDict = dict[str, torch.Tensor]
 
 
-def _is_tensor_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+def _is_tensor_dict(obj: object) -> TypeGuard[Mapping[str, torch.Tensor]]:
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
 
 
 def unwrap(obj: object, *, depth: int = 3) -> StateDict:
     """Find the tensor dict inside common checkpoint containers."""
     if _is_tensor_dict(obj):
-        return dict(obj)  # type: ignore[arg-type]
+        return dict(obj)
     if isinstance(obj, Mapping) and depth > 0:
         for key in WRAPPER_KEYS:
             if key in obj:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from edsr.errors import CheckpointError
+from edsr.models import PRESETS
 from edsr.models.common import DIV2K_RGB_MEAN
 
 
@@ -23,14 +24,20 @@ def _upsampler_scale(sd: Mapping[str, torch.Tensor], prefix: str, n_feats: int) 
     if ratio == 4:
         return 2 ** len(convs)
     raise CheckpointError(
-        f"upsampler '{prefix}' has {len(convs)} conv(s) with {convs[0][1].shape[0]} output channels "
-        f"for {n_feats} features: not an EDSR/MDSR sub-pixel upsampler"
+        f"upsampler '{prefix}' has {len(convs)} conv(s) with {convs[0][1].shape[0]} output "
+        f"channels for {n_feats} features: not an EDSR/MDSR sub-pixel upsampler"
     )
 
 
 def paper_res_scale(n_resblocks: int, n_feats: int) -> float:
-    """The paper's convention: only the large 32x256 EDSR uses residual scaling (0.1)."""
-    return 0.1 if (n_resblocks, n_feats) == (32, 256) else 1.0
+    """The ``res_scale`` of the EDSR preset of this size (the paper's 32x256: 0.1), else 1.0.
+
+    No tensor shape shows residual scaling, so the presets are the only evidence.
+    """
+    for p in PRESETS.values():
+        if p.arch == "edsr" and (p.n_resblocks, p.n_feats) == (n_resblocks, n_feats):
+            return p.res_scale
+    return 1.0
 
 
 def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = None) -> dict:
@@ -52,9 +59,13 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
         mean = torch.tensor(DIV2K_RGB_MEAN).mean().item()
         estimate = -sd["sub_mean.bias"].double().mean().item() / mean
         # Official models use 255 and some forks 1; snap to those, keep anything else as is.
-        rgb_range = next((r for r in (255.0, 1.0) if abs(estimate - r) < 1e-3 * r), round(estimate, 4))
+        rgb_range = next(
+            (r for r in (255.0, 1.0) if abs(estimate - r) < 1e-3 * r), round(estimate, 4)
+        )
         if rgb_range <= 0:
-            raise CheckpointError(f"sub_mean.bias {sd['sub_mean.bias'].tolist()} implies rgb_range {estimate}")
+            raise CheckpointError(
+                f"sub_mean.bias {sd['sub_mean.bias'].tolist()} implies rgb_range {estimate}"
+            )
 
     if any(k.startswith("pre_process.") for k in sd):
         n_branches = len({k.split(".")[1] for k in sd if k.startswith("upsample.")})
@@ -72,7 +83,9 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
         "scale": _upsampler_scale(sd, "tail.0.", n_feats),
         "n_resblocks": n_resblocks,
         "n_feats": n_feats,
-        "res_scale": paper_res_scale(n_resblocks, n_feats) if res_scale is None else float(res_scale),
+        "res_scale": paper_res_scale(n_resblocks, n_feats)
+        if res_scale is None
+        else float(res_scale),
         "n_colors": n_colors,
         "rgb_range": rgb_range,
     }

@@ -1,4 +1,4 @@
-"""Downloading registry weights into a hash-checked cache, loading them, importing files.
+"""Downloading registry weights into a hash-checked cache, and checking files against it.
 
 A file reaches its cache path only by an atomic rename after its SHA-256 matched, so an
 interrupted, truncated or corrupted transfer never leaves a file that a later run trusts
@@ -18,13 +18,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import torch
-
 from edsr.errors import CheckpointError, EdsrError
-from edsr.io.atomic import atomic_write, edsr_home, sha256_file
-from edsr.models import SRModel
-from edsr.weights.io import load_model, model_from_state_dict, read_checkpoint, save_model
-from edsr.weights.registry import ASSETS, REGISTRY, WeightsEntry, get_entry
+from edsr.io.atomic import atomic_write
+from edsr.io.cache import edsr_home, sha256_file
+from edsr.weights.catalogue import ASSETS
+from edsr.weights.entry import WeightsEntry
+from edsr.weights.registry import get_entry
 
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte before an address counts as failed
 _CHUNK = 1 << 20
@@ -38,7 +37,10 @@ class _FetchFailed(Exception):
 
 
 def cache_dir() -> Path:
-    """Where downloaded weights live: ``edsr_home() / "weights"`` (``$EDSR_HOME`` or the platform cache)."""
+    """Where downloaded weights live: ``edsr_home() / "weights"``.
+
+    ``edsr_home()`` is ``$EDSR_HOME`` or the platform's cache folder.
+    """
     return edsr_home() / "weights"
 
 
@@ -129,7 +131,7 @@ def _fetch(url: str, dest: Path, entry: WeightsEntry, *, timeout: float, progres
     """
     from tqdm import tqdm
 
-    from edsr import __version__
+    from edsr.version import __version__
 
     if not url.lower().startswith(("https://", "http://")):
         raise _FetchFailed("only http(s) addresses are fetched")
@@ -235,85 +237,3 @@ def is_cached(entry: str | WeightsEntry) -> bool:
     """True when the file is present and verified (cheaply, through its marker)."""
     e = get_entry(entry)
     return verify_file(weights_path(e), e, full=e.bundled is not None) is not None
-
-
-def load_weights(
-    entry: str | WeightsEntry,
-    *,
-    scale: int | None = None,
-    res_scale: float | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> SRModel:
-    """Download (if needed), verify and load a registry entry, with the entry's settings.
-
-    The model is built from the registry's config, not guessed from the file, so settings that
-    no tensor shape shows (``res_scale`` 0.1 for the large EDSR) are always right; ``res_scale``
-    overrides it on purpose only.
-    """
-    e = get_entry(entry)
-    path = download_weights(e, progress=progress)
-    config = e.config()
-    if res_scale is not None and e.arch == "edsr":
-        config["res_scale"] = float(res_scale)
-    sd, _, _ = read_checkpoint(path)
-    model = model_from_state_dict(sd, config=config, source=f"{e.name} ({path})")
-    if scale is not None and int(scale) not in model.scales:
-        have = ", ".join(f"x{s}" for s in model.scales)
-        raise EdsrError(f"{e.name} upscales {have} only, not x{scale}; pick another entry or scale")
-    if device is not None:
-        model = model.to(device)
-    return model
-
-
-def _entry_for_file(path: Path) -> WeightsEntry | None:
-    """The registry entry whose hash this file has, if any."""
-    digest = sha256_file(path)
-    for e in REGISTRY.values():
-        if hash_matches(digest, e.sha256):
-            return e
-    return None
-
-
-def import_checkpoint(
-    source: str | os.PathLike,
-    dest: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    res_scale: float | None = None,
-    dtype: torch.dtype | None = None,
-    progress: bool = True,
-) -> tuple[Path, dict]:
-    """Convert any accepted checkpoint (or a registry name) to this project's safetensors.
-
-    Returns the written path and the model config stored in it. A file whose hash is a
-    registry entry's takes that entry's settings (its ``res_scale`` above all); other files
-    get the shape-detected config and the paper's ``res_scale`` convention unless given.
-    """
-    dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise EdsrError(f"{dest} already exists; pass --overwrite to replace it")
-    src = Path(source)
-    entry = None
-    if src.is_file():
-        entry = _entry_for_file(src)
-        if entry is not None:
-            sd, _, _ = read_checkpoint(src)
-            config = entry.config()
-            if res_scale is not None and entry.arch == "edsr":
-                config["res_scale"] = float(res_scale)
-            model = model_from_state_dict(sd, config=config, source=str(src))
-        else:
-            model = load_model(src, res_scale=res_scale)
-    else:
-        from edsr.weights.registry import find_entry
-
-        entry = find_entry(str(source))
-        if entry is None:
-            raise EdsrError(f"{source} is neither a file nor a known weights name")
-        model = load_weights(entry, res_scale=res_scale, progress=progress)
-    meta = {"source_file": src.name}
-    if entry is not None:
-        meta.update(registry_name=entry.name, source_sha256=entry.sha256, license=entry.license)
-    save_model(model, dest, dtype=dtype, overwrite=overwrite, metadata=meta)
-    return dest, model.config()

@@ -1,4 +1,6 @@
-"""Reading and writing checkpoints: official ``.pt`` files, foreign layouts, and our safetensors."""
+"""Checkpoint files: reading official ``.pt`` files, foreign layouts and our safetensors (every
+file that becomes a model passes :func:`read_checkpoint`), building the model they hold, and
+writing our own format."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from edsr.errors import CheckpointError
-from edsr.io.atomic import atomic_write
+from edsr.io.atomic import atomic_open
 from edsr.models import SRModel, model_from_config
 from edsr.weights.convert import StateDict, normalize_state_dict
 from edsr.weights.detect import detect_config
@@ -51,14 +54,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, di
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path} is a damaged safetensors file ({e})") from None
+            raise CheckpointError(
+                f"checkpoint {path} is a damaged safetensors file ({e})"
+            ) from None
         config = None
         if meta.get("format") == FORMAT_NAME and "config" in meta:
             try:
                 config = json.loads(meta["config"])
             except json.JSONDecodeError:
                 raise CheckpointError(f"checkpoint {path} has a corrupt embedded config") from None
-        return normalize_state_dict(sd), config, meta
+        return _finite(normalize_state_dict(sd), path), config, meta
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before failing; the failure says it all.
@@ -71,20 +76,41 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, di
             found = found or re.search(r"(Unsupported operand \d+)", text)
             what = f" ({found.group(1)})" if found else ""
             raise CheckpointError(
-                f"refused to load {path}: it holds pickled Python objects{what} that only arbitrary "
-                "code could load; if you trust the file, re-save only its tensors with "
+                f"refused to load {path}: it holds pickled Python objects{what} that only "
+                "arbitrary code could load; if you trust the file, re-save only its tensors with "
                 "torch.save(model.state_dict(), ...)"
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch or safetensors file") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a PyTorch or safetensors file"
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for damaged files
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {path}: not a PyTorch or safetensors file, or truncated ({msg})"
+            f"cannot read checkpoint {path}: not a PyTorch or safetensors file, or truncated "
+            f"({msg})"
         ) from None
-    return normalize_state_dict(obj), None, {}
+    return _finite(normalize_state_dict(obj), path), None, {}
 
 
-def _check_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], config: dict, source: str) -> None:
+def _finite(sd: StateDict, path: Path) -> StateDict:
+    """``sd``, refused if a tensor holds NaN or infinity: such weights turn every image black."""
+    for key, tensor in sd.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            what = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+            raise CheckpointError(
+                f"checkpoint {path} holds {what} values in tensor {key}: the weights are "
+                "damaged (a diverged or interrupted training run?); use another checkpoint"
+            )
+    return sd
+
+
+def _first_keys(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+
+
+def _check_strict(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], config: dict, source: str
+) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in sd.items()}
     missing = sorted(set(expected) - set(got))
@@ -94,17 +120,20 @@ def _check_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], config
         return
     parts = []
     if missing:
-        parts.append(f"missing {len(missing)} key(s) ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+        parts.append(f"missing {len(missing)} key(s) ({_first_keys(missing)})")
     if unexpected:
-        parts.append(
-            f"unexpected {len(unexpected)} key(s) ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''})"
-        )
+        parts.append(f"unexpected {len(unexpected)} key(s) ({_first_keys(unexpected)})")
     if mismatched:
         k = mismatched[0]
-        parts.append(f"{len(mismatched)} shape mismatch(es) (first {k}: file {got[k]}, model {expected[k]})")
+        parts.append(
+            f"{len(mismatched)} shape mismatch(es) (first {k}: file {got[k]}, model {expected[k]})"
+        )
     hint = "the file is truncated or from another architecture"
     if mismatched and not (missing or unexpected):
-        hint = "the embedded config does not match the tensors; re-import the file with 'edsr weights import'"
+        hint = (
+            "the embedded config does not match the tensors; "
+            "re-import the file with 'edsr weights import'"
+        )
     elif unexpected and not missing:
         hint = "the file has extra layers: it is probably not an EDSR/MDSR checkpoint"
     desc = f"{config['arch'].upper()} {config.get('n_resblocks')}x{config.get('n_feats')}"
@@ -118,7 +147,7 @@ def model_from_state_dict(
     res_scale: float | None = None,
     source: str = "checkpoint",
 ) -> SRModel:
-    """Build the model described by ``config`` (or detected from shapes) and load ``sd`` strictly."""
+    """Build the model ``config`` describes (else detected from shapes); load ``sd`` strictly."""
     if config is None:
         config = detect_config(sd, res_scale=res_scale)
     elif res_scale is not None and config.get("arch") == "edsr":
@@ -127,38 +156,6 @@ def model_from_state_dict(
     _check_strict(model, sd, config, source)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model.eval()
-
-
-def load_model(
-    path: str | os.PathLike,
-    *,
-    res_scale: float | None = None,
-    scale: int | None = None,
-    device: str | torch.device | None = None,
-) -> SRModel:
-    """Load any accepted checkpoint into an EDSR or MDSR model, in eval mode.
-
-    Accepts the authors' ``.pt`` files, dicts wrapping them (``state_dict``, ``model``,
-    ``params``, ``params_ema``), ``module.``/``_orig_mod.`` prefixes, BasicSR's EDSR layout,
-    and this project's safetensors. Hyperparameters come from the tensor shapes (or the
-    embedded config); ``res_scale`` cannot be seen in shapes, so the paper's convention is
-    used unless given. ``scale``, when given, must be one the model has.
-    """
-    sd, config, _ = read_checkpoint(path)
-    try:
-        model = model_from_state_dict(sd, config=config, res_scale=res_scale, source=str(path))
-    except CheckpointError as e:
-        # Shape detection does not know the file name; the user needs it.
-        raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
-    if scale is not None and int(scale) not in model.scales:
-        have = ", ".join(f"x{s}" for s in model.scales)
-        raise CheckpointError(
-            f"{path} is an {have} model; it cannot upscale x{scale} (use --scale {model.scales[0]} "
-            "or a checkpoint trained for that scale)"
-        )
-    if device is not None:
-        model = model.to(device)
-    return model
 
 
 def save_model(
@@ -181,9 +178,16 @@ def save_model(
         if dtype is not None and not k.startswith(("sub_mean.", "add_mean.")):
             v = v.to(dtype)
         tensors[k] = v.contiguous()
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(model.config())}
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.config()),
+    }
     if metadata:
         meta.update({str(k): str(v) for k, v in metadata.items()})
-    with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    # Serialised here and written through atomic_open: safetensors' save_file replaces the
+    # file it is given with its own temporary file (mode 0600, a name no cleanup knows).
+    data = safetensors_bytes(tensors, metadata=meta)
+    with atomic_open(path, overwrite=overwrite) as f:
+        f.write(data)
     return path

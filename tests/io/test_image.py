@@ -1,4 +1,4 @@
-"""Tests for edsr.io.image: reading every mode, the 16-bit PNG codec, errors and atomic writes."""
+"""Tests for edsr.io.image: reading every mode and format, ICC profiles, errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -6,26 +6,29 @@ import errno
 import io
 import os
 import stat
-import struct
-import zlib
+import warnings
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageCms
 import pytest
 
 from edsr.errors import EdsrError, ImageError
 from edsr.io import image as imageio
 from edsr.io.image import (
     IMAGE_EXTENSIONS,
+    OUTPUT_EXTENSIONS,
     Image,
     find_images,
+    max_side,
     read_image,
+    to_8bit,
     write_image,
     write_png,
 )
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 SET5 = sorted((DATA / "Set5" / "HR").glob("*.png"))
 BRIDGE = DATA / "Set14" / "HR" / "bridge.png"
 
@@ -45,57 +48,6 @@ def assert_one_line_naming(err: pytest.ExceptionInfo[ImageError], path: Path) ->
     assert str(path) in msg
     assert "\n" not in msg and msg.strip() == msg
     return msg
-
-
-# ------------------------------------------------------------------------------------------
-# A PNG writer independent of the module: filters each byte in plain Python, straight from
-# the PNG specification, so the module's vectorised decoder is checked against the spec.
-# ------------------------------------------------------------------------------------------
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
-
-
-def png_by_hand(
-    samples: np.ndarray,
-    filters: list[int],
-    *,
-    interlace: int = 0,
-    extra: tuple[tuple[bytes, bytes], ...] = (),
-) -> bytes:
-    """Encode (H, W, C) uint8/uint16 samples, row r filtered with filters[r % len(filters)]."""
-    height, width, channels = samples.shape
-    depth = 16 if samples.dtype == np.uint16 else 8
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    bpp = channels * depth // 8
-    stream = bytearray()
-    prev = [0] * (width * bpp)
-    for r in range(height):
-        row = list(samples[r].astype(">u2" if depth == 16 else np.uint8).tobytes())
-        kind = filters[r % len(filters)]
-        stream.append(kind)
-        for i, x in enumerate(row):
-            a = row[i - bpp] if i >= bpp else 0
-            b = prev[i]
-            c = prev[i - bpp] if i >= bpp else 0
-            pred = [0, a, b, (a + b) // 2, paeth(a, b, c)][kind]
-            stream.append((x - pred) % 256)
-        prev = row
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, interlace)
-    body = png_chunk(b"IHDR", ihdr)
-    for kind, data in extra:
-        body += png_chunk(kind, data)
-    body += png_chunk(b"IDAT", zlib.compress(bytes(stream)))
-    return b"\x89PNG\r\n\x1a\n" + body + png_chunk(b"IEND", b"")
 
 
 # ------------------------------------------------------------------------------------------
@@ -126,8 +78,15 @@ def test_image_rejects_bad_arrays(pixels: np.ndarray, alpha: np.ndarray | None) 
 
 
 def test_extensions() -> None:
-    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"} == IMAGE_EXTENSIONS
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"} == IMAGE_EXTENSIONS
+    assert IMAGE_EXTENSIONS - {".gif"} == OUTPUT_EXTENSIONS
     assert issubclass(ImageError, EdsrError)
+
+
+def test_max_side_takes_suffixes_and_format_names() -> None:
+    assert max_side(".webp") == max_side("webp") == max_side("WEBP") == 16383
+    assert max_side(".JPG") == max_side("jpeg") == 65535
+    assert max_side(".png") == max_side(".xyz") == 2**31 - 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,181 +120,6 @@ def test_png_accepts_2d_gray(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         read_image(write_png(tmp_path / "g.png", gray)).pixels[..., 0], gray
     )
-
-
-@pytest.mark.parametrize("channels", [2, 3, 4])
-def test_16bit_writer_agrees_with_pillow(channels: int) -> None:
-    # Pillow reduces 16-bit colour PNGs to their high bytes: an independent check of the encoder.
-    samples = rand((9, 11, channels), np.uint16)
-    buf = io.BytesIO()
-    imageio._encode_png(buf, samples)
-    with PIL.Image.open(io.BytesIO(buf.getvalue())) as im:
-        got = np.array(im)
-    high = (samples >> 8).astype(np.uint8)
-    if channels == 2:  # Pillow opens 16-bit gray+alpha as RGBA
-        np.testing.assert_array_equal(got[..., 0], high[..., 0])
-        np.testing.assert_array_equal(got[..., 3], high[..., 1])
-    else:
-        np.testing.assert_array_equal(got, high)
-
-
-def test_16bit_gray_writer_is_exact_in_pillow(tmp_path: Path) -> None:
-    gray = rand((6, 7), np.uint16)
-    with PIL.Image.open(write_png(tmp_path / "g16.png", gray)) as im:
-        assert im.mode == "I;16"
-        np.testing.assert_array_equal(np.array(im), gray)
-
-
-def test_16bit_writer_uses_several_filters() -> None:
-    # A smooth gradient makes Sub/Up win over None; check the chosen rows still decode.
-    ramp = (np.arange(40 * 30 * 3).reshape(40, 30, 3) * 50).astype(np.uint16)
-    buf = io.BytesIO()
-    imageio._encode_png(buf, ramp)
-    data = buf.getvalue()
-    decoded = imageio._decode_png(data, Path("ramp.png"))
-    np.testing.assert_array_equal(decoded.pixels, ramp)
-    pos, idat = 8, b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        idat += data[pos + 8 : pos + 8 + length] if kind == b"IDAT" else b""
-        pos += 12 + length
-    types = set(zlib.decompress(idat)[:: 1 + 30 * 6])
-    assert 1 in types and types <= {0, 1, 2}
-
-
-def test_large_16bit_round_trip_spans_row_blocks(tmp_path: Path) -> None:
-    # More rows than the encoder's block size, so Up filtering crosses block boundaries.
-    pixels = (np.add.outer(np.arange(600), np.arange(20))[..., None] * [7, 11, 13]).astype(
-        np.uint16
-    )
-    back = read_image(write_png(tmp_path / "tall.png", pixels))
-    np.testing.assert_array_equal(back.pixels, pixels)
-
-
-# ------------------------------------------------------------------------------------------
-# The PNG decoder against files built byte by byte
-# ------------------------------------------------------------------------------------------
-
-ALL_FILTERS = [0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 3, 1, 4, 2]
-
-
-@pytest.mark.parametrize("channels", [2, 3, 4])
-@pytest.mark.parametrize(("height", "width"), [(14, 9), (14, 1), (1, 5)])
-def test_decoder_all_filter_types(tmp_path: Path, channels: int, height: int, width: int) -> None:
-    samples = rand((height, width, channels), np.uint16)
-    samples[0, 0, 0] = 65535
-    data = png_by_hand(samples, ALL_FILTERS)
-    # The hand-written file is valid: Pillow agrees on the high bytes.
-    with PIL.Image.open(io.BytesIO(data)) as im:
-        if channels != 2:
-            np.testing.assert_array_equal(np.array(im), (samples >> 8).astype(np.uint8))
-    path = tmp_path / "hand.png"
-    path.write_bytes(data)
-    got = read_image(path)
-    pixels = samples[..., :-1] if channels in (2, 4) else samples
-    np.testing.assert_array_equal(got.pixels, pixels)
-    if channels in (2, 4):
-        assert got.alpha is not None
-        np.testing.assert_array_equal(got.alpha, samples[..., -1])
-    else:
-        assert got.alpha is None
-
-
-def test_decoder_each_single_filter() -> None:
-    samples = rand((6, 8, 3), np.uint16)
-    for kind in range(5):
-        got = imageio._decode_png(png_by_hand(samples, [kind]), Path("f.png"))
-        np.testing.assert_array_equal(got.pixels, samples, err_msg=f"filter {kind}")
-
-
-@pytest.mark.parametrize("path", [*SET5, BRIDGE], ids=lambda p: p.name)
-def test_decoder_matches_pillow_on_real_8bit_files(path: Path) -> None:
-    # Real encoders use Average and Paeth heavily; the same unfilter code serves 16-bit files.
-    got = imageio._decode_png(path.read_bytes(), path)
-    with PIL.Image.open(path) as im:
-        ref = np.array(im)
-    np.testing.assert_array_equal(got.pixels, ref.reshape(got.pixels.shape))
-
-
-def test_decoder_trns_colour_key(tmp_path: Path) -> None:
-    samples = rand((4, 5, 3), np.uint16)
-    key = samples[1, 2].copy()
-    samples[3, 4] = key
-    path = tmp_path / "key.png"
-    path.write_bytes(png_by_hand(samples, [1], extra=((b"tRNS", key.astype(">u2").tobytes()),)))
-    got = read_image(path)
-    assert got.alpha is not None
-    expected = np.full((4, 5), 65535, np.uint16)
-    expected[1, 2] = expected[3, 4] = 0
-    np.testing.assert_array_equal(got.alpha, expected)
-
-
-def test_decoder_applies_exif_orientation(tmp_path: Path) -> None:
-    samples = np.zeros((4, 6, 3), np.uint16)
-    samples[0, 0] = 60000  # marker top-left
-    exif = PIL.Image.Exif()
-    exif[0x0112] = 6  # display rotated 90 degrees clockwise
-    path = tmp_path / "rot.png"
-    path.write_bytes(png_by_hand(samples, [0], extra=((b"eXIf", exif.tobytes()),)))
-    got = read_image(path)
-    assert got.pixels.shape == (6, 4, 3)
-    assert got.pixels[0, -1, 0] == 60000 and got.pixels.sum() == 3 * 60000
-
-
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_orient_matches_pillow(orientation: int) -> None:
-    arr = rand((3, 5, 3))
-    exif = PIL.Image.Exif()
-    exif[0x0112] = orientation
-    im = PIL.Image.fromarray(arr)
-    im.info["exif"] = exif.tobytes()
-    ref = np.array(PIL.ImageOps.exif_transpose(im))
-    np.testing.assert_array_equal(imageio._orient(arr, orientation), ref)
-
-
-def test_interlaced_16bit_colour_png_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "adam7.png"
-    path.write_bytes(png_by_hand(rand((3, 3, 3), np.uint16), [0], interlace=1))
-    with pytest.raises(ImageError, match="interlac") as err:
-        read_image(path)
-    assert_one_line_naming(err, path)
-
-
-def test_corrupt_16bit_png(tmp_path: Path) -> None:
-    data = bytearray(png_by_hand(rand((8, 8, 3), np.uint16), [4]))
-    good = tmp_path / "good.png"
-    good.write_bytes(bytes(data))
-    read_image(good)
-    cut = tmp_path / "cut.png"
-    cut.write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(ImageError, match="truncated") as err:
-        read_image(cut)
-    assert_one_line_naming(err, cut)
-    text = png_chunk(b"tEXt", b"Comment\0hello")
-    text = text[:-1] + bytes([text[-1] ^ 0xFF])  # bad CRC in an ancillary chunk: ignored
-    ok = tmp_path / "ok.png"
-    ok.write_bytes(bytes(data[:33]) + text + bytes(data[33:]))
-    read_image(ok)
-    data[60] ^= 0xFF  # inside IDAT: CRC mismatch
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(bytes(data))
-    with pytest.raises(ImageError, match="corrupt") as err:
-        read_image(bad)
-    assert_one_line_naming(err, bad)
-
-
-def test_bad_filter_type(tmp_path: Path) -> None:
-    raw = (b"\x07" + bytes(2 * 6)) * 2  # 2 rows of 2 RGB16 pixels; filter type 7 does not exist
-    ihdr = struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0)
-    path = tmp_path / "f7.png"
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(raw))
-        + png_chunk(b"IEND", b"")
-    )
-    with pytest.raises(ImageError, match="filter type 7"):
-        read_image(path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -553,20 +337,6 @@ def test_empty_file(tmp_path: Path) -> None:
     assert_one_line_naming(err, path)
 
 
-def test_zero_size_png(tmp_path: Path) -> None:
-    ihdr = struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0)
-    path = tmp_path / "zero.png"
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(b"\0" * 5))
-        + png_chunk(b"IEND", b"")
-    )
-    with pytest.raises(ImageError, match="zero size") as err:
-        read_image(path)
-    assert_one_line_naming(err, path)
-
-
 @pytest.fixture
 def pixel_limit(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     # read_image writes the env var into PIL's global; registering the attribute with
@@ -657,12 +427,12 @@ def test_failure_mid_write_16bit(
         dest.write_bytes(b"old")
     seen: list[str] = []
 
-    def broken(f: io.BufferedWriter, samples: np.ndarray) -> None:
+    def broken(f: io.BufferedWriter, samples: np.ndarray, **kwargs: object) -> None:
         f.write(b"\x89PNG partial")
         seen.extend(n for n in files_in(tmp_path) if n.startswith(".") and n.endswith(".tmp"))
         raise exc
 
-    monkeypatch.setattr(imageio, "_encode_png", broken)
+    monkeypatch.setattr(imageio, "encode_png", broken)
     with pytest.raises(type(exc)):
         write_png(dest, rand((3, 3, 3), np.uint16), overwrite=existing)
     assert len(seen) == 1  # the temporary file existed while writing...
@@ -699,13 +469,13 @@ def test_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_destination_appears_during_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dest = tmp_path / "out.png"
-    real = imageio._encode_png
+    real = imageio.encode_png
 
-    def racing(f: io.BufferedWriter, samples: np.ndarray) -> None:
+    def racing(f: io.BufferedWriter, samples: np.ndarray, **kwargs: object) -> None:
         dest.write_bytes(b"someone else")
         real(f, samples)
 
-    monkeypatch.setattr(imageio, "_encode_png", racing)
+    monkeypatch.setattr(imageio, "encode_png", racing)
     with pytest.raises(ImageError, match="exists"):
         write_png(dest, rand((3, 3, 3), np.uint16))
     assert dest.read_bytes() == b"someone else"
@@ -787,3 +557,131 @@ def test_find_images_errors(tmp_path: Path) -> None:
 
 def test_find_images_real_data() -> None:
     assert find_images([DATA / "Set5"]) == SET5
+
+
+# ------------------------------------------------------------------------------------------
+# Animated GIF and multi-page TIFF: the first frame, one warning
+# ------------------------------------------------------------------------------------------
+
+
+def frames(n: int) -> list[PIL.Image.Image]:
+    # Distinct flat colours, so which frame was read is plain from any pixel.
+    return [PIL.Image.new("RGB", (6, 4), (40 * i, 255 - 40 * i, 7)) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind"), [(".gif", "animated GIF"), (".tif", "multi-page TIFF")]
+)
+def test_first_frame_with_one_warning(tmp_path: Path, suffix: str, kind: str) -> None:
+    first, *rest = frames(3)
+    path = tmp_path / f"anim{suffix}"
+    first.save(path, save_all=True, append_images=rest)
+    with PIL.Image.open(path) as im:
+        assert im.n_frames == 3  # the file really holds three
+    with pytest.warns(UserWarning) as record:
+        got = read_image(path)
+    assert [str(w.message) for w in record] == [f"{path}: {kind} with 3 frames; using the first"]
+    assert got.pixels.shape == (4, 6, 3)
+    np.testing.assert_array_equal(got.pixels[0, 0], (0, 255, 7))
+
+
+def test_single_frame_gif_reads_without_warning(tmp_path: Path) -> None:
+    path = tmp_path / "still.gif"
+    frames(1)[0].save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = read_image(path)
+    np.testing.assert_array_equal(got.pixels[2, 3], (0, 255, 7))
+    assert find_images([tmp_path]) == [path]  # a folder scan takes GIFs
+
+
+# ------------------------------------------------------------------------------------------
+# ICC colour profiles
+# ------------------------------------------------------------------------------------------
+
+
+def srgb_profile() -> bytes:
+    return PIL.ImageCms.ImageCmsProfile(PIL.ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_icc_profile_round_trips_byte_for_byte(tmp_path: Path, suffix: str) -> None:
+    icc = srgb_profile()
+    src = tmp_path / f"in{suffix}"
+    PIL.Image.fromarray(rand((8, 8, 3))).save(src, icc_profile=icc)
+    img = read_image(src)
+    assert img.icc_profile == icc
+    out = write_image(tmp_path / f"out{suffix}", img)
+    with PIL.Image.open(out) as im:  # Pillow, not this package, reads the written profile
+        assert im.info.get("icc_profile") == icc
+    assert read_image(out).icc_profile == icc
+
+
+def test_no_icc_profile_none_written(tmp_path: Path) -> None:
+    img = read_image(SET5[0])
+    assert img.icc_profile is None
+    for suffix in (".png", ".jpg"):
+        with PIL.Image.open(write_image(tmp_path / f"o{suffix}", img)) as im:
+            assert "icc_profile" not in im.info
+
+
+def test_cmyk_profile_is_not_carried_to_rgb(tmp_path: Path) -> None:
+    # The CMYK pixels become RGB; a CMYK profile would then describe data that is not there.
+    cmyk_profile = bytearray(srgb_profile())
+    cmyk_profile[16:20] = b"CMYK"
+    PIL.Image.new("CMYK", (4, 4)).save(tmp_path / "c.tif", icc_profile=bytes(cmyk_profile))
+    assert read_image(tmp_path / "c.tif").icc_profile is None
+
+
+def test_image_rejects_a_non_bytes_profile() -> None:
+    with pytest.raises(ValueError, match="icc_profile"):
+        Image(rand((2, 2, 3)), icc_profile="sRGB")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------
+# Bytes and streams (the server's way in and out)
+# ------------------------------------------------------------------------------------------
+
+
+def test_read_image_from_bytes_and_streams() -> None:
+    data = SET5[0].read_bytes()
+    ref = read_image(SET5[0]).pixels
+    np.testing.assert_array_equal(read_image(data).pixels, ref)
+    np.testing.assert_array_equal(read_image(io.BytesIO(data)).pixels, ref)
+    with pytest.raises(ImageError, match=r"^upload\.png: .*truncated"):
+        read_image(data[: len(data) // 2], name="upload.png")
+    with pytest.raises(ImageError, match=r"^the image: not an image"):
+        read_image(b"hello, not a picture")
+    with pytest.raises(ImageError, match="empty"):
+        read_image(b"")
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_write_image_to_a_stream_reduces_16bit_when_asked(fmt: str) -> None:
+    # 8x8 blocks of one colour: lossy codecs keep them close.
+    pixels = np.repeat(np.repeat(rand((2, 2, 3), np.uint16), 8, axis=0), 8, axis=1)
+    alpha = np.full((16, 16), 65535, np.uint16)
+    alpha[:, 8:] = 32896  # 128 in 8 bits
+    image = Image(pixels, alpha if fmt == "webp" else None)
+    with pytest.raises(ImageError, match=r"^the image: .*16-bit"):
+        write_image(io.BytesIO(), image, format=fmt)
+    buf = io.BytesIO()
+    write_image(buf, image, format=fmt, reduce_to_8bit=True)
+    with PIL.Image.open(io.BytesIO(buf.getvalue())) as im:
+        assert im.format == fmt.upper()
+        got = np.array(im)
+    expected = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    assert np.abs(got[..., :3].astype(int) - expected).mean() < 8
+    if fmt == "webp":
+        np.testing.assert_array_equal(got[..., 3], to_8bit(alpha))
+
+
+def test_write_image_format_overrides_suffix(tmp_path: Path) -> None:
+    out = write_image(tmp_path / "result.bin", Image(rand((8, 8, 3))), format=".jpg")
+    with PIL.Image.open(out) as im:
+        assert im.format == "JPEG"
+    with pytest.raises(ValueError, match="format"):
+        write_image(io.BytesIO(), Image(rand((2, 2, 3))))
+    with pytest.raises(ImageError, match=r"'\.gif' files; use one of these suffixes") as err:
+        write_image(tmp_path / "x.gif", Image(rand((2, 2, 3))))
+    assert ".gif" not in str(err.value).split("suffixes:")[1]

@@ -1,0 +1,317 @@
+"""Files and folders: where each result goes, checks before any work, one image file through
+the model (in memory or streamed as PNG strips), and batches that survive bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from edsr.errors import EdsrError, ImageError
+from edsr.inference.descriptor import Model, resolve_scale
+from edsr.inference.engine import ArraySink, StripSink, TileBar, array_input, chain, run_tiled
+from edsr.inference.estimate import plan_job
+from edsr.inference.memory import format_bytes, host_available_memory
+from edsr.inference.precision import prepare_model
+from edsr.inference.tiling import OnTile, ShouldStop
+from edsr.io.atomic import atomic_open, check_folder_writable, check_writable, remove_stale_temps
+from edsr.io.image import OUTPUT_EXTENSIONS, find_images, max_side, read_image, write_image
+from edsr.io.png import PngStripWriter
+from edsr.io.video import VIDEO_EXTENSIONS
+
+#: With a progress display, an image that would run as one pass longer than this is split
+#: into tiles of about this many seconds, so the display moves within the image.
+PROGRESS_TILE_SECONDS = 10.0
+
+#: ``say(line)``: where one-line notes for the user go (the CLI prints them unless --quiet).
+Say = Callable[[str], None]
+
+
+@dataclass
+class BatchResult:
+    """What :func:`upscale_files` did: the files ``written``, the inputs skipped because their
+    output exists (``skip_existing``), and the inputs that ``failed``, each with its one-line
+    reason. Iterating it (and ``len``) gives the written files."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped_existing: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    kind: str = "image"  # "image" or "video": what was written
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self, output: str | os.PathLike[str]) -> str:
+        """One line: what was written where, what was skipped and why."""
+        n = len(self.written)
+        parts = [f"wrote {n} {self.kind}{'s' if n != 1 else ''} to {output}"]
+        if self.skipped_existing:
+            parts.append(f"skipped {len(self.skipped_existing)} already written")
+        if self.failed:
+            names = ", ".join(p.name for p, _ in self.failed[:5])
+            more = ", ..." if len(self.failed) > 5 else ""
+            parts.append(f"skipped {len(self.failed)} unreadable: {names}{more}")
+        return "; ".join(parts)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.written)
+
+    def __len__(self) -> int:
+        return len(self.written)
+
+
+def output_paths(
+    inputs: Sequence[Path], roots: Sequence[Path | None], output: str | os.PathLike[str], scale: int
+) -> list[Path]:
+    """Where each input's result goes: ``<stem>_x<scale>.png`` under ``output``, keeping the
+    sub-directory an input had below the directory it was found in, so that equal names in
+    different folders never collide. A single image may name the output file directly; an
+    output with an image suffix for several images, or with an unknown suffix, is refused
+    rather than silently becoming a folder."""
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix and not output.is_dir():
+        if suffix not in OUTPUT_EXTENSIONS:
+            allowed = ", ".join(sorted(OUTPUT_EXTENSIONS))
+            raise EdsrError(
+                f"{output}: '{suffix}' is not an image format ({allowed}); to write into a "
+                "folder of that name, create it first"
+            )
+        if len(inputs) == 1:
+            return [output]
+        raise EdsrError(
+            f"{output} names one file but there are {len(inputs)} images; give a folder"
+        )
+    outs = []
+    for path, root in zip(inputs, roots, strict=True):
+        rel = path.relative_to(root).parent if root is not None else Path()
+        outs.append(output / rel / f"{path.stem}_x{scale}.png")
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(inputs, outs, strict=True):
+        if dst in seen:
+            raise EdsrError(f"{src} and {seen[dst]} would both be written to {dst}; rename one")
+        seen[dst] = src
+    return outs
+
+
+def _should_stream(nbytes: int, dst: Path, stream: bool | None) -> bool:
+    if stream is not None:
+        return stream and dst.suffix.lower() == ".png"
+    # A quarter of the free RAM: the output is then the largest thing in memory by far.
+    return dst.suffix.lower() == ".png" and nbytes > host_available_memory() // 4
+
+
+def upscale_image_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    model: Model,
+    scale: int | None = None,
+    *,
+    overwrite: bool = False,
+    tile: int | None = None,
+    max_memory: int | str | None = None,
+    ensemble: bool = False,
+    stream: bool | None = None,
+    progress: bool = False,
+    on_tile: OnTile | None = None,
+    should_stop: ShouldStop | None = None,
+    say: Say | None = None,
+) -> Path:
+    """Upscale one image file into ``dst`` (format from its suffix).
+
+    The output is assembled in memory and written atomically, or, for a PNG too large to hold
+    (over a quarter of the free RAM, or when ``stream`` is True), written band by band as the
+    tiles finish, so memory stays at one band of rows plus the tiles' working memory. Before a
+    job estimated at over a minute, ``say`` is given the estimate (tiles, memory, time).
+    ``progress`` shows the tiles of the image; ``on_tile``/``should_stop`` as in
+    :func:`~edsr.inference.upscale`.
+    """
+    src, dst = Path(src), Path(dst)
+    scale = resolve_scale(model, scale)
+    img = read_image(src)
+    h, w, c = img.pixels.shape
+    suffix = dst.suffix.lower()
+    limit = max_side(suffix)
+    if max(h, w) * scale > limit:
+        raise ImageError(
+            f"{dst}: the {w * scale}x{h * scale} result is too large for {suffix} files (at most "
+            f"{limit} pixels a side); write a .png file instead"
+        )
+    pixels = (
+        img.pixels
+        if img.alpha is None
+        else np.concatenate([img.pixels, img.alpha[:, :, None]], axis=2)
+    )
+    vr = float(img.max_value)
+    total_c = pixels.shape[2]
+    nbytes = h * w * scale * scale * total_c * pixels.dtype.itemsize
+    streaming = _should_stream(nbytes, dst, stream)
+    if not streaming and nbytes > host_available_memory() // 2:
+        raise EdsrError(
+            f"{dst}: the {w * scale}x{h * scale} result ({format_bytes(nbytes)}) does not fit in "
+            "memory; write a .png file, which is written in strips"
+        )
+    check_writable(dst, overwrite=overwrite)
+    estimate = plan_job(
+        model,
+        (1, total_c, h, w),
+        scale,
+        tile=tile,
+        max_memory=max_memory,
+        ensemble=ensemble,
+        max_tile_seconds=PROGRESS_TILE_SECONDS if progress or on_tile else None,
+    )
+    if estimate.long and say is not None:
+        say(f"{src.name}: {estimate}")
+    bar = TileBar(progress, desc=src.name)
+    opts: dict[str, Any] = {
+        "plan": estimate.plan,
+        "ensemble": ensemble,
+        "on_tile": chain(bar, on_tile),
+        "should_stop": should_stop,
+    }
+    x = array_input(pixels, vr)
+    try:
+        if streaming:
+            with atomic_open(dst, overwrite=overwrite) as f:
+                writer = PngStripWriter(
+                    f, w * scale, h * scale, total_c, pixels.dtype, icc_profile=img.icc_profile
+                )
+                run_tiled(model, x, scale, StripSink(writer, pixels.dtype, vr), **opts)
+                writer.close()
+            return dst
+        out = np.empty((h * scale, w * scale, total_c), pixels.dtype)
+        run_tiled(model, x, scale, ArraySink(out, vr, True), **opts)
+    finally:
+        bar.close()
+    result = dataclasses.replace(  # keeps what else the file carried (its colour profile)
+        img,
+        pixels=np.ascontiguousarray(out[:, :, :c]),
+        alpha=np.ascontiguousarray(out[:, :, c]) if img.alpha is not None else None,
+    )
+    return write_image(dst, result, overwrite=overwrite)
+
+
+def _prepared(model: Model, precision: str | None, compile: bool) -> Model:
+    if precision is None and not compile:
+        return model
+    return prepare_model(model, precision=precision or "fp32", compile=compile)
+
+
+def upscale_files(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    model: Model,
+    scale: int | None = None,
+    *,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    progress: bool = True,
+    tile: int | None = None,
+    max_memory: int | str | None = None,
+    ensemble: bool = False,
+    precision: str | None = None,
+    compile: bool = False,
+    frames: int | None = None,
+    stream: bool | None = None,
+    should_stop: ShouldStop | None = None,
+    say: Say | None = None,
+) -> BatchResult:
+    """Upscale image files, directories or one video into ``output``.
+
+    Before any work: every destination is checked (an existing one is an error without
+    ``overwrite``, skipped with ``skip_existing``), the output folders must be writable, and
+    temporaries a killed earlier run left there are removed. In a batch of several images, an
+    input that cannot be read goes to :attr:`BatchResult.failed` with its reason and the run
+    goes on; nothing is half-written. A run of one image raises its error instead. ``say``
+    gets one-line notes (the estimate before a long image). Without
+    ``scale``: the model's only scale, else x4. Images are tiled (see
+    :func:`~edsr.inference.upscale_tensor`), so any size fits in memory;
+    ``precision``/``compile`` prepare the model once (see
+    :func:`~edsr.inference.precision.prepare_model`); ``frames`` limits videos.
+    """
+    from edsr.inference.video import upscale_video, video_output_path
+
+    scale = resolve_scale(model, scale)
+    if overwrite and skip_existing:
+        raise EdsrError("--overwrite and --skip-existing contradict each other; give one")
+    if frames is not None and frames < 1:
+        raise EdsrError(f"--frames must be at least 1, got {frames}")
+    paths = [Path(i) for i in inputs]
+    videos = [p for p in paths if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir()]
+    if videos and len(paths) > 1:
+        raise EdsrError("give one video at a time (images and folders can be given together)")
+    if frames is not None and not videos and say is not None:
+        say("--frames only applies to videos; ignored")
+    opts: dict[str, Any] = {"tile": tile, "max_memory": max_memory, "ensemble": ensemble}
+    if videos:
+        dst = video_output_path(videos[0], output, scale)
+        if skip_existing and dst.exists():
+            return BatchResult(skipped_existing=[videos[0]], kind="video")
+        check_writable(dst, overwrite=overwrite)
+        check_folder_writable(dst.parent)
+        remove_stale_temps(dst.parent)
+        model = _prepared(model, precision, compile)
+        written = upscale_video(
+            videos[0],
+            dst,
+            model,
+            scale,
+            overwrite=overwrite,
+            frames=frames,
+            progress=progress,
+            should_stop=should_stop,
+            **opts,
+        )
+        return BatchResult(written=[written], kind="video")
+
+    files: list[Path] = []
+    roots: list[Path | None] = []
+    for item in paths:
+        found = find_images([item])
+        files += found
+        roots += [item if item.is_dir() else None] * len(found)
+    dests = output_paths(files, roots, output, scale)
+    result = BatchResult()
+    jobs = []
+    for src, dst in zip(files, dests, strict=True):
+        if skip_existing and os.path.lexists(dst):
+            result.skipped_existing.append(src)
+            continue
+        check_writable(dst, overwrite=overwrite)
+        jobs.append((src, dst))
+    for folder in sorted({dst.parent for _, dst in jobs}):
+        check_folder_writable(folder)
+        remove_stale_temps(folder)
+    model = _prepared(model, precision, compile)
+    batch = len(files) > 1
+    bar = tqdm(jobs, desc=f"upscale x{scale}", unit="img", disable=not progress)
+    for src, dst in bar:
+        bar.set_postfix_str(src.name)
+        try:
+            written = upscale_image_file(
+                src,
+                dst,
+                model,
+                scale,
+                overwrite=overwrite,
+                stream=stream,
+                progress=progress,
+                should_stop=should_stop,
+                say=say,
+                **opts,
+            )
+        except ImageError as e:
+            if not batch:
+                raise
+            result.failed.append((src, str(e)))
+            continue
+        result.written.append(written)
+    return result

@@ -1,0 +1,93 @@
+"""Data set folders: the one place that knows the layouts evaluation and training read.
+
+- benchmark: ``Set5/HR/*.png`` with optional ``Set5/LR_bicubic/X{s}/{stem}x{s}.png``;
+- DIV2K: ``DIV2K_{split}_HR/`` beside ``DIV2K_{split}_LR_bicubic/X{s}/``;
+- flat: any folder of images, searched recursively, with no LR images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edsr.errors import EdsrError, ImageError
+from edsr.io.image import IMAGE_EXTENSIONS, find_images
+
+Layout = Literal["benchmark", "div2k", "folder"]
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """Ground-truth (HR) images and, when the data set ships them, its bicubic LR images."""
+
+    name: str
+    kind: Layout
+    hr_files: tuple[Path, ...]
+    lr_root: Path | None  # holds X2/, X3/, ... with <stem>x<s>.<ext>
+
+    def lr_path(self, hr: Path, scale: int) -> Path | None:
+        """The data set's own LR image of ``hr`` at ``scale``, or None (make it by bicubic)."""
+        if self.lr_root is None:
+            return None
+        folder = self.lr_root / f"X{scale}"
+        for ext in (hr.suffix, ".png"):
+            cand = folder / f"{hr.stem}x{scale}{ext}"
+            if cand.is_file():
+                return cand
+        return None
+
+
+def _images_in(folder: Path) -> tuple[Path, ...]:
+    """The images directly in ``folder`` (an HR folder is flat), sorted by name."""
+    return tuple(
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def find_dataset(
+    path: str | os.PathLike[str], *, split: str = "valid", what: str = "data"
+) -> DataSet:
+    """Recognise the layout of the data set folder ``path``.
+
+    ``split`` chooses among several ``DIV2K_*_HR`` folders (``valid`` for evaluation, ``train``
+    for training). ``what`` names the folder in messages ("training", "validation", "data").
+    A folder that is missing or holds no image is an :class:`EdsrError`.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise EdsrError(f"{what} directory {root} does not exist")
+    if not root.is_dir():
+        raise EdsrError(f"{what} directory {root} is not a directory; give a folder of images")
+    if root.name == "HR" and not (root / "HR").is_dir():
+        root = root.parent  # the user pointed at Set5/HR rather than Set5
+    div2k_hr = sorted(p for p in root.glob("DIV2K_*_HR") if p.is_dir())
+    if root.name.startswith("DIV2K_") and root.name.endswith("_HR"):
+        div2k_hr, root = [root], root.parent
+    kind: Layout
+    lr: Path | None
+    if div2k_hr:
+        hr_dir = next((d for d in div2k_hr if f"_{split}_" in d.name), div2k_hr[0])
+        files = _images_in(hr_dir)
+        lr = root / hr_dir.name.replace("_HR", "_LR_bicubic")
+        kind, name = "div2k", "DIV2K"
+    elif (root / "HR").is_dir():
+        files = _images_in(root / "HR")
+        lr = root / "LR_bicubic"
+        kind, name = "benchmark", root.name
+    else:
+        try:
+            files = tuple(find_images([root]))
+        except ImageError:
+            files = ()
+        lr = None
+        kind, name = "folder", root.name
+    if not files:
+        raise EdsrError(
+            f"no images in {what} directory {root}: expected image files "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), HR/, or DIV2K_{split}_HR/"
+        )
+    return DataSet(name, kind, files, lr if lr is not None and lr.is_dir() else None)

@@ -1,0 +1,40 @@
+"""The limits of one ``edsr serve`` server, checked once when it is configured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edsr.errors import EdsrError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits of one server. ``max_memory`` is the tile working memory of each worker."""
+
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 4_000_000
+    workers: int = 1
+    queue: int = 4
+    timeout: float = 300.0
+    max_memory: int | str | None = None
+    tmp_dir: str | None = None
+    # Host header values answered (any port); None answers every host. A server bound to
+    # loopback sets this so a web page cannot reach it through DNS rebinding.
+    allowed_hosts: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise EdsrError(f"--workers must be at least 1, got {self.workers}")
+        if self.queue < 0:
+            raise EdsrError(f"--queue must be 0 or more, got {self.queue}")
+        if self.max_upload_bytes < 1:
+            raise EdsrError("--max-upload-mb must be positive")
+        if self.max_pixels < 1:
+            raise EdsrError(f"--max-pixels must be positive, got {self.max_pixels}")
+        if not self.timeout > 0:
+            raise EdsrError(f"--timeout must be positive, got {self.timeout}")
+
+    @property
+    def capacity(self) -> int:
+        """Requests held at once: one per worker plus the queue; the next one gets 503."""
+        return self.workers + self.queue

@@ -1,0 +1,225 @@
+"""The catalogue: every weight set this package knows, with its provenance.
+
+The eight official checkpoints of the authors' release (EDSR-PyTorch), and our own trained
+model, which ships inside the package (``src/edsr/assets/``): its entry has
+``bundled=<file name>``, no URLs, the full SHA-256, a :class:`Training` record, and metrics read
+from the ``edsr eval --json`` reports stored beside it, so no number in it is typed by hand.
+``edsr.weights.registry`` serves these entries by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from edsr.models import PRESETS
+from edsr.weights.entry import (
+    PROTOCOL_BENCHMARK,
+    PROTOCOL_DIV2K,
+    Metric,
+    Training,
+    WeightsEntry,
+    metrics_from_eval_json,
+)
+
+#: Where bundled weights (and their eval reports) live inside the installed package.
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# --- the official checkpoints -------------------------------------------------------------
+
+_SNU = "https://cv.snu.ac.kr/research/EDSR/models/"
+# Mirror of the six EDSR files in torchSR's GitHub release v1.0.3. The addresses are verified
+# against torchSR's own source (torchsr/models/edsr.py, its `url` table), read through the
+# code index; nothing was downloaded from them (this machine has no internet). The spec says
+# they hold the same keys. They are checked against the same official hash: if torchSR
+# re-saved the files (new bytes), the check rejects them and the next address is tried, so a
+# file is never trusted without a hash. No mirror of the two MDSR files is known.
+_TORCHSR = "https://github.com/Coloquinte/torchSR/releases/download/v1.0.3/"
+_LICENSE = "MIT (EDSR-PyTorch)"
+_REF_DIV2K = "authors' release (EDSR-PyTorch), public checkpoints"
+_REF_PAPER = "paper (Lim et al. 2017), Set5"
+
+# Official DIV2K-validation PSNR of the public checkpoints, and the paper's Set5 numbers,
+# both from EDSR_SPEC.md section 3. Only EDSR and MDSR have published Set5 numbers there.
+_DIV2K = {
+    "edsr-baseline": (34.61, 30.92, 28.95),
+    "edsr": (35.03, 31.26, 29.25),
+    "mdsr-baseline": (34.63, 30.94, 28.97),
+    "mdsr": (34.92, 31.22, 29.24),
+}
+_SET5 = {"edsr": (38.11, 34.65, 32.46), "mdsr": (38.11, 34.66, 32.50)}
+
+
+def _published(family: str, scales: Iterable[int]) -> tuple[Metric, ...]:
+    out = []
+    for s in scales:
+        out.append(
+            Metric(
+                "DIV2K-val",
+                s,
+                _DIV2K[family][s - 2],
+                None,
+                PROTOCOL_DIV2K,
+                "published",
+                reference=_REF_DIV2K,
+            )
+        )
+    for s in scales:
+        if family in _SET5:
+            out.append(
+                Metric(
+                    "Set5",
+                    s,
+                    _SET5[family][s - 2],
+                    None,
+                    PROTOCOL_BENCHMARK,
+                    "published",
+                    reference=_REF_PAPER,
+                )
+            )
+    return tuple(out)
+
+
+def _official_edsr(scale: int, baseline: bool, file_hash: str, parameters: int) -> WeightsEntry:
+    family = "edsr-baseline" if baseline else "edsr"
+    stem = f"edsr_baseline_x{scale}" if baseline else f"edsr_x{scale}"
+    filename = f"{stem}-{file_hash}.pt"
+    mirror = f"edsr64_x{scale}.pt" if baseline else f"edsr_x{scale}.pt"
+    return WeightsEntry(
+        name=f"{family}-x{scale}",
+        preset=family,
+        scales=(scale,),
+        filename=filename,
+        sha256=file_hash,
+        parameters=parameters,
+        license=_LICENSE,
+        source="official",
+        urls=(_SNU + filename, _TORCHSR + mirror),
+        metrics=_published(family, (scale,)),
+        description=f"{PRESETS[family].description}, x{scale}",
+        aliases=(stem,),
+    )
+
+
+def _official_mdsr(baseline: bool, file_hash: str, parameters: int) -> WeightsEntry:
+    family = "mdsr-baseline" if baseline else "mdsr"
+    stem = family.replace("-", "_")
+    filename = f"{stem}-{file_hash}.pt"
+    return WeightsEntry(
+        name=family,
+        preset=family,
+        scales=(2, 3, 4),
+        filename=filename,
+        sha256=file_hash,
+        parameters=parameters,
+        license=_LICENSE,
+        source="official",
+        urls=(_SNU + filename,),
+        metrics=_published(family, (2, 3, 4)),
+        description=PRESETS[family].description,
+        aliases=(stem,),
+    )
+
+
+_OFFICIAL: tuple[WeightsEntry, ...] = (
+    _official_edsr(2, True, "1bc95232", 1_369_859),
+    _official_edsr(3, True, "abf2a44e", 1_554_499),
+    _official_edsr(4, True, "6b446fab", 1_517_571),
+    _official_edsr(2, False, "0edfb8a3", 40_729_603),
+    _official_edsr(3, False, "ea3ef2c6", 43_680_003),
+    _official_edsr(4, False, "4f62e9ef", 43_089_923),
+    _official_mdsr(True, "a00cab12", 3_227_203),
+    _official_mdsr(False, "4a78bedf", 7_953_987),
+)
+
+# --- trained here, bundled ------------------------------------------------------------------
+
+_BUNDLED_NAME = "mdsr-baseline-291"
+_BUNDLED_FILE = "mdsr_baseline_291-2c89d043.safetensors"
+_BUNDLED_SHA256 = "2c89d043fced0bde7870c2ce394392172e798f38266548aa5471daa6fc05e7fa"
+_BUNDLED_SIZE = 6464062
+# Stages 1-2 from their log.csv (sum of logged seconds/iteration); stage 3 from its run
+# directory (config.toml written to model.safetensors written, validation included).
+_STAGE1_ITERS, _STAGE1_WALL_S = 2000, 6153.0
+_STAGE2_ITERS, _STAGE2_WALL_S = 3600, 7194.0
+_STAGE3_ITERS, _STAGE3_WALL_S = 12000, 7986.0
+# The stage-2 file stage 3 started from; it was the bundled model until stage 3 replaced it
+# (git history: commit ed133a8, src/edsr/assets/mdsr_baseline_291-ab9db885.safetensors).
+_STAGE2_SHA256 = "ab9db885d27baf7199af7fa179a07c8a43f46ed40eee19fa53296e6a5b071445"
+# The eval reports ``edsr eval --json`` wrote for the bundled file: the registry's numbers are
+# read from them, never typed in.
+BUNDLED_EVALS = ("mdsr_baseline_291.eval.json", "mdsr_baseline_291.eval-ensemble.json")
+_DATA_291 = (
+    "T91 (91 images) + BSD200 (200 images): the classic 291-image set, HR PNGs; "
+    "LR made by MATLAB bicubic"
+)
+_HARDWARE = (
+    "a 2-core AMD EPYC CPU (AVX-512 BF16, no AMX), bf16 autocast channels-last, for stage 3 and "
+    "a 2-core Intel Xeon CPU (AVX-512, no AMX/AVX-512 BF16), fp32 channels-last, for stages 1-2; "
+    "24 GiB and torch 2.13.0+cpu on both"
+)
+
+
+# How the bundled model was made, stage by stage (``edsr weights info``, the README).
+_NOTES_291 = (
+    "Three stages, all counted above; the command is the last. Stage 1, an EDSR baseline "
+    f"x2 ({_STAGE1_ITERS:,} iterations, {_STAGE1_WALL_S / 3600:.1f} h): `edsr train "
+    "--preset edsr-baseline --scale 2 --train T91 --val Set5 --iters 2000 "
+    "--out runs/edsr-baseline-x2`. Stage 2, the MDSR started from it (`--init-from` maps "
+    "EDSR keys to MDSR's: body, head, final conv and x2 upsampler; the x3/x4 upsamplers and "
+    f"pre-process blocks from scratch), {_STAGE2_ITERS:,} iterations, "
+    f"{_STAGE2_WALL_S / 3600:.1f} h: `edsr train --preset mdsr-baseline --scale 2 3 4 "
+    "--train T91 BSD200 --val Set5 --init-from runs/edsr-baseline-x2/model.safetensors "
+    "--iters 3600 --lr-decay-every 2100 --val-every 500 --checkpoint-every 250 "
+    "--out runs/mdsr-baseline-291-stage2` (begun as `--iters 3400 --lr-decay-every 2550`, "
+    "stopped with Ctrl-C at steps 1,552 and 2,069 and resumed with the final values before "
+    "the old ones took effect; batches and learning rate are functions of the step, so it "
+    "equals a straight run). Its model, stored in fp16 by `python scripts/bundle_model.py` "
+    f"(SHA-256 {_STAGE2_SHA256}, its Set5 curve in docs/training/) starts stage 3, every "
+    "tensor copied, with a fresh Adam state, a new seed, learning rate 1e-4 halved every "
+    f"3,000 updates ({_STAGE3_ITERS:,} iterations, {_STAGE3_WALL_S / 3600:.1f} h, bf16: "
+    "2.6x fp32 on that CPU, `python benchmarks/bench_train.py`). The shipped weights are "
+    "the last ones, not the best on Set5, stored in fp16."
+)
+
+
+def _bundled_mdsr() -> WeightsEntry:
+    metrics: tuple[Metric, ...] = ()
+    for name in BUNDLED_EVALS:
+        if (ASSETS / name).is_file():
+            metrics += metrics_from_eval_json(ASSETS / name)
+    return WeightsEntry(
+        name=_BUNDLED_NAME,
+        preset="mdsr-baseline",
+        scales=(2, 3, 4),
+        filename=_BUNDLED_FILE,
+        sha256=_BUNDLED_SHA256,
+        parameters=3_227_203,
+        size=_BUNDLED_SIZE,
+        license="MIT (this project)",
+        source="trained here",
+        bundled=_BUNDLED_FILE,
+        metrics=metrics,
+        description="MDSR baseline trained here on the 291-image set (fp16); the default model",
+        training=Training(
+            command=(
+                "edsr train --preset mdsr-baseline --scale 2 3 4 --train T91 BSD200 --val Set5 "
+                "--init-from mdsr_baseline_291-ab9db885.safetensors --iters 12000 "
+                "--lr-decay-every 3000 --seed 1 --precision bf16 --val-every 500 "
+                "--checkpoint-every 250 --out runs/mdsr-baseline-291"
+            ),
+            iterations=_STAGE1_ITERS + _STAGE2_ITERS + _STAGE3_ITERS,
+            wall_time_s=_STAGE1_WALL_S + _STAGE2_WALL_S + _STAGE3_WALL_S,
+            hardware=_HARDWARE,
+            data=_DATA_291,
+            notes=_NOTES_291,
+        ),
+        aliases=("default", "bundled"),
+    )
+
+
+#: Every entry, in display order: the official files, then the bundled default.
+CATALOGUE: tuple[WeightsEntry, ...] = (*_OFFICIAL, _bundled_mdsr())
+
+#: The model used when no model is named: it ships inside the package, so it needs no network.
+DEFAULT = _BUNDLED_NAME

@@ -1,0 +1,183 @@
+"""From a name, a file or nothing to a loaded model: the one resolver behind ``edsr.load_model``,
+``--model`` and the server, and the conversion ``edsr weights import`` does.
+
+A model is named by a checkpoint file, or by a registry name (``mdsr-baseline-291``,
+``edsr-x2``, or an official file name such as ``edsr_x2-0edfb8a3.pt``), which is downloaded
+into the cache when missing and hash-checked; no name at all means the bundled default, which
+needs no network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edsr.errors import CheckpointError, EdsrError
+from edsr.io.cache import sha256_file
+from edsr.models import SRModel
+from edsr.weights.download import download_weights, hash_matches
+from edsr.weights.entry import WeightsEntry
+from edsr.weights.io import model_from_state_dict, read_checkpoint, save_model
+from edsr.weights.registry import default_model, find_entry, get_entry, known_names, list_entries
+
+#: What ``load_model`` accepts as a model: a file, a registry name, or None for the default.
+ModelSpec = str | os.PathLike[str] | None
+
+# Suffixes that mark a model name as a file name, so a missing file gets "does not exist"
+# rather than "unknown weights name".
+_FILE_SUFFIXES = {".pt", ".pth", ".safetensors", ".ckpt", ".bin", ".tar"}
+
+
+def load_model(
+    spec: ModelSpec = None,
+    *,
+    scale: int | None = None,
+    res_scale: float | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> SRModel:
+    """Load a model, in eval mode: the bundled default, a registry entry, or a checkpoint file.
+
+    ``spec`` left out is the bundled default (offline, from the package's own files). A
+    registry name is downloaded into the cache when missing (``$EDSR_OFFLINE=1`` forbids the
+    network), hash-checked, and built with the entry's settings. A file may be any accepted
+    layout: the authors' ``.pt`` files, dicts wrapping them (``state_dict``, ``model``,
+    ``params``, ``params_ema``), ``module.``/``_orig_mod.`` prefixes, BasicSR's EDSR layout, and
+    this project's safetensors; its hyperparameters come from the embedded config or the tensor
+    shapes. An existing file wins over a registry name of the same spelling.
+
+    ``res_scale`` overrides the entry's or file's (shapes cannot show it; the paper's
+    convention is used for files without a config). ``scale``, when given, must be one the
+    model has. ``device``: None leaves the model on the CPU, ``"auto"`` picks CUDA when present.
+    """
+    target = _device(device)
+    found = _resolve(spec)
+    if isinstance(found, WeightsEntry):
+        return load_weights(
+            found, scale=scale, res_scale=res_scale, device=target, progress=progress
+        )
+    return _finish(_load_file(found, res_scale), scale, str(found), target)
+
+
+def load_weights(
+    entry: str | WeightsEntry,
+    *,
+    scale: int | None = None,
+    res_scale: float | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> SRModel:
+    """Download (if needed), verify and load a registry entry, with the entry's settings.
+
+    The model is built from the registry's config, not guessed from the file, so settings that
+    no tensor shape shows (``res_scale`` 0.1 for the large EDSR) are always right; ``res_scale``
+    overrides it on purpose only.
+    """
+    e = get_entry(entry)
+    target = _device(device)
+    path = download_weights(e, progress=progress)
+    sd, _, _ = read_checkpoint(path)
+    model = model_from_state_dict(sd, config=_config(e, res_scale), source=f"{e.name} ({path})")
+    return _finish(model, scale, e.name, target)
+
+
+def import_checkpoint(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    res_scale: float | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Convert any accepted checkpoint (or a registry name) to this project's safetensors.
+
+    Returns the written path and the model config stored in it. A file whose hash is a
+    registry entry's takes that entry's settings (its ``res_scale`` above all); other files
+    get the shape-detected config and the paper's ``res_scale`` convention unless given.
+    """
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise EdsrError(f"{dest} already exists; pass --overwrite to replace it")
+    found = _resolve(source)
+    entry = found if isinstance(found, WeightsEntry) else _entry_for_file(found)
+    if isinstance(found, WeightsEntry):
+        model = load_weights(found, res_scale=res_scale, progress=progress)
+    elif entry is not None:
+        sd, _, _ = read_checkpoint(found)
+        model = model_from_state_dict(sd, config=_config(entry, res_scale), source=str(found))
+    else:
+        model = _load_file(found, res_scale)
+    meta = {"source_file": Path(source).name}
+    if entry is not None:
+        meta.update(registry_name=entry.name, source_sha256=entry.sha256, license=entry.license)
+    save_model(model, dest, dtype=dtype, overwrite=overwrite, metadata=meta)
+    return dest, model.config()
+
+
+def _resolve(spec: ModelSpec) -> WeightsEntry | Path:
+    """What ``spec`` names: a registry entry, or a file path (which may not exist)."""
+    if spec is None:
+        return get_entry(default_model())
+    path = Path(spec)
+    if not isinstance(spec, str) or path.is_file():
+        return path
+    entry = find_entry(spec)
+    if entry is not None:
+        return entry
+    if path.exists() or path.suffix.lower() in _FILE_SUFFIXES or "/" in spec or os.sep in spec:
+        return path  # reading it says what is wrong: missing, a folder, ...
+    raise EdsrError(f"{spec!r} is neither a file nor a known weights name; {known_names(spec)}")
+
+
+def _device(device: str | torch.device | None) -> torch.device | None:
+    if device is None or isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise EdsrError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise EdsrError(
+            f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu"
+        )
+    return target
+
+
+def _config(entry: WeightsEntry, res_scale: float | None) -> dict[str, Any]:
+    config = entry.config()
+    if res_scale is not None and entry.arch == "edsr":
+        config["res_scale"] = float(res_scale)
+    return config
+
+
+def _load_file(path: Path, res_scale: float | None) -> SRModel:
+    sd, config, _ = read_checkpoint(path)
+    try:
+        return model_from_state_dict(sd, config=config, res_scale=res_scale, source=str(path))
+    except CheckpointError as e:
+        # Shape detection does not know the file name; the user needs it.
+        raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+
+
+def _finish(model: SRModel, scale: int | None, source: str, device: torch.device | None) -> SRModel:
+    if scale is not None and int(scale) not in model.scales:
+        have = ", ".join(f"x{s}" for s in model.scales)
+        raise CheckpointError(
+            f"{source} is an {have} model; it cannot upscale x{scale} (use --scale "
+            f"{model.scales[0]} or weights trained for that scale)"
+        )
+    return model if device is None else model.to(device)
+
+
+def _entry_for_file(path: Path) -> WeightsEntry | None:
+    """The registry entry whose hash this file has, if any."""
+    if not path.is_file():
+        return None
+    digest = sha256_file(path)
+    return next((e for e in list_entries() if hash_matches(digest, e.sha256)), None)
