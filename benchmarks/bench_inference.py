@@ -1,30 +1,41 @@
-"""Inference speed: the public code's way against this project's fp32 and ``auto`` paths.
+"""Inference speed against the CPU's own ceilings and against the official code, in one run.
 
-edsr-baseline x4 on a 256x256 input (random weights: speed does not depend on them):
+EDSR-baseline x4 on a 128x128 input (65 GFLOP; random weights: speed does not depend on them).
 
-- public:  fp32, NCHW, residual scaling not folded (the public ResBlock multiplies by
-           res_scale even when it is 1, emulated here with a hook), plain eager model;
-- fp32:    ``prepare_model(precision="fp32")``: folded, channels-last;
-- auto:    ``prepare_model(precision="auto")``: whatever auto picks on this machine;
-- bf16:    forced bf16, for reference (slower than fp32 on CPUs without native bf16).
+Ceilings: one 3x3 64->64 convolution, NHWC, on the same 128x128 grid as the model's body:
+fp32 and bf16 through oneDNN (``torch.ops.mkldnn._convolution_pointwise``, what our fused
+path calls), int8 through oneDNN's quantized convolution (``torch.ao.nn.quantized.Conv2d``,
+x86 engine, u8 activations x s8 per-channel weights). A whole model is judged against the
+ceiling of its own precision.
 
-All cases run interleaved in one process, several rounds, and the median time is reported,
-so the ratios come from one run under the same conditions. Achieved GFLOP/s (convolution
-multiply-adds x 2, counted from the layers) are set against this machine's own convolution
-peak: the best of a few large 3x3 convolutions in fp32 and bf16, channels-last.
+Rows:
+- official code: the EDSR-PyTorch checkout named by ``--official PATH`` or ``$OFFICIAL_EDSR_GIT``
+  (its ``src/model/edsr.py``, fp32 NCHW, our weights loaded key for key); without one, a
+  stand-in labelled as such: our plain model, NCHW, with the official ResBlock's
+  ``res.mul(res_scale)`` emulated by a hook;
+- ``prepare_model`` fp32, bf16 and auto (what each does: ``edsr.inference.precision``);
+- ``prepare_model`` int8 when this checkout has it and the model has a calibration (or
+  ``--calibrate DIR`` is given, default ../shared/datasets/train/T91 when present); else a note.
 
-Run by hand:  python benchmarks/bench_inference.py [--size 256] [--rounds 5] [--json out.json]
+Every case runs interleaved, ``--rounds`` times (default 7), and the minimum wall time is
+kept, so the ratios come from one run under the same conditions. Prints the CPU's flags and the
+load average before and after: on a busy machine the numbers mean little.
+
+Run by hand:  python benchmarks/bench_inference.py [--rounds 7] [--official PATH] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import statistics
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -32,9 +43,15 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from edsr.inference.precision import cpu_has_native_bf16, prepare_model  # noqa: E402
+from edsr.errors import EdsrError  # noqa: E402
+from edsr.inference.precision import cpu_flags, prepare_model  # noqa: E402
 from edsr.models import build_model  # noqa: E402
 from edsr.models.common import ResBlock  # noqa: E402
+
+SIZE, SCALE, FEATS = 128, 4, 64
+FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+Run = Callable[[], object]
 
 
 def conv_flops(model: nn.Module, x: torch.Tensor, scale: int) -> int:
@@ -54,128 +71,187 @@ def conv_flops(model: nn.Module, x: torch.Tensor, scale: int) -> int:
     return total
 
 
-def public_model(scale: int) -> nn.Module:
-    """The public code's inference: NCHW fp32, ``res = body(x).mul(res_scale)`` in every block."""
-    model = build_model("edsr-baseline", scale=scale).eval()
+def ceiling_runs() -> dict[str, Run]:
+    """One 3x3 64->64 conv, NHWC, SIZE x SIZE, per precision."""
+    runs: dict[str, Run] = {}
+    conv = nn.Conv2d(FEATS, FEATS, 3, padding=1)
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        w = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+        b = conv.bias.detach().to(dtype)
+        x = torch.randn(1, FEATS, SIZE, SIZE, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        runs[name] = lambda x=x, w=w, b=b: torch.ops.mkldnn._convolution_pointwise(
+            x, w, b, [1, 1], [1, 1], [1, 1], 1, "none", [], ""
+        )
+    try:
+        runs["int8"] = int8_conv(conv)
+    except (RuntimeError, AttributeError, ImportError) as e:
+        print(f"note: no int8 ceiling ({type(e).__name__}: {str(e).splitlines()[0]})")
+    return runs
+
+
+def int8_conv(conv: nn.Conv2d) -> Run:
+    from torch.ao.nn import quantized as nnq
+
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated, still oneDNN's path
+        w = conv.weight.detach()
+        scales = w.abs().amax(dim=(1, 2, 3)) / 127
+        qw = torch.quantize_per_channel(
+            w, scales, torch.zeros(FEATS, dtype=torch.long), 0, torch.qint8
+        )
+        q = nnq.Conv2d(FEATS, FEATS, 3, padding=1)
+        q.set_weight_bias(qw, conv.bias.detach())
+        q.scale, q.zero_point = 0.05, 64
+        x = torch.rand(1, FEATS, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+        qx = torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8)
+    return lambda: q(qx)
+
+
+def official_model(path: str | None, weights: dict) -> tuple[str, nn.Module]:
+    """The official EDSR at ``path`` (a checkout), else the labelled stand-in."""
+    if path:
+        src = Path(path) / "src"
+        if not (src / "model" / "edsr.py").is_file():
+            raise SystemExit(f"{path}: no src/model/edsr.py; give an EDSR-PyTorch checkout")
+        sys.path.insert(0, str(src))
+        module = importlib.import_module("model.edsr")
+        args = SimpleNamespace(
+            n_resblocks=16, n_feats=FEATS, scale=[SCALE], rgb_range=255, n_colors=3, res_scale=1
+        )
+        model = module.EDSR(args).eval()
+        model.load_state_dict(weights)
+        return "official code, fp32", _ignore_scale(model)
+    model = build_model("edsr-baseline", scale=SCALE).eval()
+    model.load_state_dict(weights)
     for block in model.modules():
         if isinstance(block, ResBlock):
             block.body.register_forward_hook(lambda m, a, out, s=block.res_scale: out.mul(s))
-    return model
+    return "official stand-in (ours, NCHW, res.mul), fp32", model
 
 
-def conv_peak(dtype: torch.dtype, repeats: int = 3) -> tuple[float, str]:
-    """Best GFLOP/s of a few large 3x3 convolutions, channels-last (oneDNN's fastest layout)."""
-    best, where = 0.0, ""
-    for c, hw in ((64, 256), (128, 128), (256, 96)):
-        conv = nn.Conv2d(c, c, 3, padding=1).to(dtype).to(memory_format=torch.channels_last).eval()
-        x = torch.randn(1, c, hw, hw, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        flops = 2 * c * c * 9 * hw * hw
-        with torch.no_grad():
-            conv(x)
-            for _ in range(repeats):
-                t = time.perf_counter()
-                conv(x)
-                rate = flops / (time.perf_counter() - t) / 1e9
-                if rate > best:
-                    best, where = rate, f"{c}->{c} ch, {hw}x{hw}"
-    return best, where
+def _ignore_scale(model: nn.Module) -> nn.Module:
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+            return self.model(x)
+
+    return Wrap()
+
+
+def int8_run(plain: nn.Module, x: torch.Tensor, calibrate: str | None) -> tuple[Run | None, str]:
+    """``prepare_model(precision="int8")`` where this checkout and the model allow it."""
+    try:
+        fast = prepare_model(plain, precision="int8")
+        return (lambda: fast(x, SCALE)), "int8 (stored calibration)"
+    except EdsrError as e:
+        first = str(e)
+    except Exception as e:  # noqa: BLE001 - any failure of a path under construction: a note
+        return None, f"int8 skipped: prepare_model failed ({type(e).__name__}: {e})"
+    if not calibrate or not Path(calibrate).is_dir():
+        return None, f"int8 skipped: {first}"
+    try:
+        from edsr.inference.quantize import int8_engine
+
+        t = time.perf_counter()
+        engine = int8_engine(plain, calibrate_on=calibrate)
+        engine(x, SCALE)
+        note = f"int8 calibrated on {calibrate} in {time.perf_counter() - t:.0f} s"
+        return (lambda: engine(x, SCALE)), note
+    except Exception as e:  # noqa: BLE001
+        return None, f"int8 skipped: calibration failed ({type(e).__name__}: {e})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=256, help="LR input size (default 256)")
-    ap.add_argument("--scale", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--official", default=os.environ.get("OFFICIAL_EDSR_GIT"))
+    shared_t91 = ROOT.parent / "shared" / "datasets" / "train" / "T91"
+    ap.add_argument("--calibrate", default=str(shared_t91) if shared_t91.is_dir() else None)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.manual_seed(0)
-    scale = args.scale
-    x = torch.rand(1, 3, args.size, args.size) * 255
-
-    public = public_model(scale)
-    plain = build_model("edsr-baseline", scale=scale).eval()
-    plain.load_state_dict(public.state_dict())
-    cases = {
-        "public (fp32 NCHW, unfolded)": (public, x),
-        "ours fp32 (folded, channels-last)": (prepare_model(plain, precision="fp32"), x),
-        "ours auto": (prepare_model(plain, precision="auto"), x),
-        "bf16 (forced)": (prepare_model(plain, precision="bf16"), x),
-    }
-    auto_dtype = cases["ours auto"][0].precision
-    flops = conv_flops(plain, x, scale)
-
+    flags = cpu_flags()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, "
-        f"auto = {auto_dtype}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"flags: {' '.join(f for f in FLAGS_SHOWN if f in flags) or 'none of ' + str(FLAGS_SHOWN)}"
     )
-    print(f"load average before: {os.getloadavg()[0]:.2f}")
-    print(
-        f"edsr-baseline x{scale}, {args.size}x{args.size} input: {flops / 1e9:.1f} GFLOP per image"
-    )
+    load_before = os.getloadavg()
+    x = torch.rand(1, 3, SIZE, SIZE) * 255
+    plain = build_model("edsr-baseline", scale=SCALE).eval()
+    flops = conv_flops(plain, x, SCALE)
+    official_name, official = official_model(args.official, plain.state_dict())
 
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    with torch.no_grad():
-        for model, inp in cases.values():  # warm-up: oneDNN primitive creation, weight reorders
-            model(inp, scale)
-        for _ in range(args.rounds):
-            for name, (model, inp) in cases.items():
-                t = time.perf_counter()
-                model(inp, scale)
-                times[name].append(time.perf_counter() - t)
-        ref = public(x, scale)
-        diffs = {name: float((m(inp, scale) - ref).abs().max()) for name, (m, inp) in cases.items()}
-
-    peak32, where32 = conv_peak(torch.float32)
-    peak16, where16 = conv_peak(torch.bfloat16)
-    print(
-        f"3x3 conv peak: fp32 {peak32:.0f} GFLOP/s ({where32}), "
-        f"bf16 {peak16:.0f} GFLOP/s ({where16})"
-    )
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
-
-    base = statistics.median(times["public (fp32 NCHW, unfolded)"])
-    rows = []
-    print(
-        f"\n{'case':36s} {'median s':>9s} {'speed-up':>9s} {'GFLOP/s':>8s} "
-        f"{'% of peak':>9s} {'max|diff|':>10s}"
-    )
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        rate = flops / med / 1e9
-        peak = (
-            peak16 if "bf16" in name or (name == "ours auto" and auto_dtype == "bf16") else peak32
+    ceilings = ceiling_runs()
+    ceiling_ops = 2 * FEATS * FEATS * 9 * SIZE * SIZE
+    auto = prepare_model(plain, precision="auto")
+    models: dict[str, tuple[str, Run]] = {official_name: ("fp32", lambda: official(x, SCALE))}
+    for p in ("fp32", "bf16"):
+        m = prepare_model(plain, precision=p)
+        models[f"prepare_model {p}" + (" (auto)" if auto.precision == p else "")] = (
+            p,
+            lambda m=m: m(x, SCALE),
         )
+    run8, note8 = int8_run(plain, x, args.calibrate)
+    if run8 is not None:
+        models["prepare_model int8" + (" (auto)" if auto.precision == "int8" else "")] = (
+            "int8",
+            run8,
+        )
+    print(note8)
+
+    cases: dict[str, Run] = {f"ceiling {p}": r for p, r in ceilings.items()}
+    cases.update({name: run for name, (_, run) in models.items()})
+    best = dict.fromkeys(cases, float("inf"))
+    with torch.no_grad():
+        for run in cases.values():  # warm-up: oneDNN primitive creation, weight reorders
+            run()
+        for _ in range(args.rounds):
+            for name, run in cases.items():
+                t = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t)
+    load_after = os.getloadavg()
+
+    rate = {p: ceiling_ops / best[f"ceiling {p}"] / 1e9 for p in ceilings}
+    official_s = best[official_name]
+    print(
+        f"\nEDSR-baseline x{SCALE}, {SIZE}x{SIZE} input, {flops / 1e9:.1f} GFLOP; "
+        f"min of {args.rounds}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
+    print("\n| what | GFLOP/s (int8: GOP/s) | share of its ceiling |")
+    print("|---|---|---|")
+    rows = []
+    for p, r in rate.items():
+        what = {
+            "fp32": "ceiling: one 3x3 64->64 conv, fp32 NHWC (oneDNN)",
+            "bf16": "ceiling: same, bf16 NHWC (oneDNN)",
+            "int8": "ceiling: same, int8 (oneDNN quantized conv, x86 engine)",
+        }[p]
+        print(f"| {what} | {r:.0f} | - |")
+        rows.append({"what": what, "gflops": r})
+    for name, (p, _) in models.items():
+        r = flops / best[name] / 1e9
+        share = f"{100 * r / rate[p]:.0f}% of {p}" if p in rate else "-"
+        ratio = "" if name == official_name else f" ({official_s / best[name]:.2f}x official)"
+        print(f"| {name} | {r:.0f} | {share}{ratio} |")
         rows.append(
             {
-                "case": name,
-                "median_s": med,
-                "speedup_vs_public": base / med,
-                "gflops": rate,
-                "fraction_of_peak": rate / peak,
-                "max_abs_diff_vs_public": diffs[name],
-                "times_s": ts,
+                "what": name,
+                "gflops": r,
+                "share": r / rate[p] if p in rate else None,
+                "vs_official": official_s / best[name],
+                "seconds": best[name],
             }
         )
-        print(
-            f"{name:36s} {med:9.3f} {base / med:8.2f}x {rate:8.0f} "
-            f"{100 * rate / peak:8.0f}% {diffs[name]:10.2e}"
-        )
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "size": args.size,
-                    "scale": scale,
-                    "gflop_per_image": flops / 1e9,
-                    "auto": auto_dtype,
-                    "peak_gflops": {"fp32": peak32, "bf16": peak16},
-                    "cases": rows,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        out = {"flags": sorted(flags & set(FLAGS_SHOWN)), "load": [load_before, load_after]}
+        Path(args.json).write_text(json.dumps({**out, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -335,3 +335,18 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch, capsys):
     stdout.close()  # main pointed the descriptor at /dev/null, so what is left flushes there
     assert code == 141
     assert "internal error" not in capsys.readouterr().err
+
+
+def test_a_warning_is_one_line_for_the_user(tmp_path, x2_model, capsys):
+    # An animated GIF gives its first frame and one warning line, not Python's file:line form.
+    frames = [Image.new("RGB", (16, 12), (60 * i, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    code, _, err = run(
+        ["upscale", tmp_path / "anim.gif", "-o", tmp_path / "out", "--model", x2_model, "--quiet"],
+        capsys,
+    )
+    assert code == 0 and Image.open(tmp_path / "out" / "anim_x2.png").size == (32, 24)
+    lines = [ln for ln in err.splitlines() if "warning" in ln]
+    assert lines == [
+        "edsr: warning: " + f"{tmp_path / 'anim.gif'}: animated GIF with 3 frames; using the first"
+    ]

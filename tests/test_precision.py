@@ -12,6 +12,7 @@ from edsr import EdsrError, save_model
 from edsr.cli import main
 from edsr.inference import precision as prec
 from edsr.inference import sr_forward, upscale_tensor
+from edsr.inference.fused import fused_forward, fused_kernels_available
 from edsr.inference.precision import InferenceModel, prepare_model, resolve_precision
 from edsr.models.common import ResBlock
 from sr_helpers import pass_through_model, small_edsr, small_mdsr
@@ -172,3 +173,66 @@ def test_cli_precision_options(tmp_path, capsys):
                 "fp8",
             ]
         )
+
+
+needs_fused = pytest.mark.skipif(
+    not fused_kernels_available(), reason="this PyTorch has no oneDNN fused convolution kernels"
+)
+
+
+@needs_fused
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_fused_fp32_matches_the_plain_model(scale):
+    model = small_edsr(scale, res_scale=0.1, std=0.05)
+    fast = prepare_model(model, precision="fp32")
+    assert fast.fused  # the default on a CPU in fp32
+    x = torch.rand(2, 3, 19, 13) * 255  # a batch, odd sizes
+    with torch.no_grad():
+        assert (fast(x, scale) - model(x, scale)).abs().max() <= 1e-3
+
+
+@needs_fused
+def test_fused_mdsr_every_branch_matches():
+    model = small_mdsr(std=0.05)
+    fast = prepare_model(model, precision="fp32")
+    x = torch.rand(1, 3, 15, 17) * 255
+    with torch.no_grad():
+        for scale in (2, 3, 4):
+            assert (fast(x, scale) - model(x, scale)).abs().max() <= 1e-3
+    with pytest.raises(EdsrError):
+        fast(x, 5)
+
+
+@needs_fused
+def test_fused_upsampler_bands_give_the_same_image():
+    """Row bands of one row each (every band an interior one but the two edges) equal one band."""
+    base = prepare_model(small_edsr(4, std=0.05), precision="fp32").base
+    x = (torch.rand(1, 3, 11, 9) * 255).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        whole = fused_forward(base)(x, 4)
+        rows = fused_forward(base, band_pixels=1)(x, 4)
+        assert (rows - whole).abs().max() <= 1e-4
+        assert (whole - base(x, 4)).abs().max() <= 1e-3
+
+
+@needs_fused
+def test_fused_bf16_quality_guard_on_set5():
+    """The fused bf16 path meets the same bar as eager bf16 against fp32 (see above)."""
+    model = pass_through_model(2)
+    fp32 = prepare_model(model, precision="fp32")
+    bf16 = prepare_model(model, precision="bf16")
+    assert bf16.fused
+    p999, worst = quantized_diff_percentile(fp32, bf16, set5(crop=48), 2)
+    assert p999 <= 1.0
+    assert worst <= 2.0
+
+
+@needs_fused
+def test_fused_is_not_used_for_gradients_fp16_or_compile():
+    model = small_edsr(2, std=0.05)
+    assert not prepare_model(model, precision="fp16").fused
+    assert not prepare_model(model, precision="fp32", channels_last=False).fused
+    fast = prepare_model(model, precision="fp32")
+    x = (torch.rand(1, 3, 8, 8) * 255).requires_grad_()
+    fast(x, 2).sum().backward()  # the eager model: the fused kernels have no autograd
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -7,13 +7,15 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from edsr.errors import EdsrError
-from edsr.export import FORMATS
+from edsr.export import EXPORT_PRECISIONS, FORMATS
 from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
+from edsr.inference.precision import TRAINING_PRECISIONS, explain_precision
 from edsr.version import __version__
 
 
@@ -70,6 +72,9 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "-v", "--verbose", action="store_true", help="print the precision path chosen, and why"
+    )
+    p.add_argument(
         "--tile",
         type=_positive_int,
         help="tiles of N LR pixels (incl. context); default: as large as --max-memory allows",
@@ -89,8 +94,9 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=PRECISION_CHOICES,
         default="auto",
-        help="compute precision (default auto: bf16 on GPUs and on CPUs with AMX or "
-        "AVX-512 BF16, else fp32)",
+        help="compute precision (default auto: the fastest path that keeps the quality on "
+        "this device: int8 on CPUs with VNNI/AMX for models measured to keep it, else bf16 on "
+        "GPUs and CPUs with AMX or AVX-512 BF16, else fp32; -v prints the choice)",
     )
     p.add_argument(
         "--compile",
@@ -105,29 +111,50 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 def _run_upscale(args: argparse.Namespace) -> int:
     from edsr.inference import upscale_files
+    from edsr.inference.distributed import process_group
     from edsr.weights import load_model
 
-    model = load_model(
-        args.model, scale=args.scale, res_scale=args.res_scale, device=args.device or "auto"
-    )
-    result = upscale_files(
-        args.inputs,
-        args.output,
-        model,
-        args.scale,
-        overwrite=args.overwrite,
-        skip_existing=args.skip_existing,
-        progress=not args.quiet,
-        tile=args.tile,
-        max_memory=args.max_memory,
-        ensemble=args.ensemble,
-        precision=args.precision,
-        compile=args.compile,
-        frames=args.frames,
-        say=_say(args.quiet),
-    )
+    # Under torchrun each rank upscales its share; rank 0 prints for all and its exit status
+    # is the command's (torchrun fails the command when one rank does).
+    with process_group() as ranks:
+        try:
+            model = ranks.check(
+                lambda: load_model(
+                    args.model,
+                    scale=args.scale,
+                    res_scale=args.res_scale,
+                    device=ranks.device(args.device),
+                ),
+                main_first=True,  # a download into the cache happens once
+            )
+            if args.verbose and ranks.main:
+                print(explain_precision(model, args.precision, ranks.device(args.device)))
+            result = upscale_files(
+                args.inputs,
+                args.output,
+                model,
+                args.scale,
+                overwrite=args.overwrite,
+                skip_existing=args.skip_existing,
+                progress=not args.quiet,
+                tile=args.tile,
+                max_memory=args.max_memory,
+                ensemble=args.ensemble,
+                precision=args.precision,
+                compile=args.compile,
+                frames=args.frames,
+                say=_say(args.quiet),
+                ranks=ranks,
+            )
+        except EdsrError:
+            if ranks.main:
+                raise
+            return 0
+        if not ranks.main:
+            return 0
     for path, reason in result.failed:
-        print(f"edsr: skipped {path}: {reason}", file=sys.stderr)
+        where = "" if str(path) in reason else f"{path}: "
+        print(f"edsr: skipped {where}{reason}", file=sys.stderr)
     if not args.quiet or not result.ok:
         print(result.summary(args.output))
     return 0 if result.ok else 1
@@ -187,6 +214,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing --json/--save-images files"
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help="compute precision to score (default fp32, the published protocol; int8 and "
+        "auto as upscale runs them)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
 
@@ -195,29 +229,49 @@ def _run_eval(args: argparse.Namespace) -> int:
     import json
 
     from edsr.evaluate import BICUBIC, evaluate, format_table
+    from edsr.inference.distributed import process_group
     from edsr.io.atomic import atomic_write, check_writable
     from edsr.models import SRModel
     from edsr.weights import load_model
 
     if args.shave is not None and args.shave < 0:
         raise EdsrError(f"--shave must be 0 or more, got {args.shave}")
-    if args.json_path:
-        check_writable(Path(args.json_path), overwrite=args.overwrite)
-    model: SRModel | str = BICUBIC
-    if args.model != BICUBIC:
-        model = load_model(args.model, res_scale=args.res_scale, device=args.device or "auto")
-    report = evaluate(
-        model,
-        args.data,
-        args.scale,
-        y_channel=args.y_channel,
-        shave=args.shave,
-        gray_as_rgb=args.gray_as_rgb,
-        save_images=args.save_images,
-        overwrite=args.overwrite,
-        self_ensemble=args.self_ensemble,
-        progress=not args.quiet,
-    )
+    # Under torchrun each rank scores its share of the images; rank 0 prints the table and
+    # writes --json for all, and its exit status is the command's.
+    with process_group() as ranks:
+        try:
+            if args.json_path:
+                ranks.from_main(
+                    lambda: check_writable(Path(args.json_path), overwrite=args.overwrite)
+                )
+            model: SRModel | str = BICUBIC
+            if args.model != BICUBIC:
+                model = ranks.check(
+                    lambda: load_model(
+                        args.model, res_scale=args.res_scale, device=ranks.device(args.device)
+                    ),
+                    main_first=True,  # a download into the cache happens once
+                )
+            report = evaluate(
+                model,
+                args.data,
+                args.scale,
+                y_channel=args.y_channel,
+                shave=args.shave,
+                gray_as_rgb=args.gray_as_rgb,
+                save_images=args.save_images,
+                overwrite=args.overwrite,
+                self_ensemble=args.self_ensemble,
+                progress=not args.quiet,
+                ranks=ranks,
+                precision=args.precision,
+            )
+        except EdsrError:
+            if ranks.main:
+                raise
+            return 0
+        if not ranks.main:
+            return 0
     print(format_table(report))
     if args.json_path:
         with atomic_write(args.json_path, overwrite=args.overwrite) as tmp:
@@ -273,7 +327,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"halve the learning rate every N updates (default {d.lr_decay_every})",
     )
     p.add_argument(
-        "--precision", choices=PRECISION_CHOICES, help=f"compute precision (default {d.precision})"
+        "--precision",
+        choices=TRAINING_PRECISIONS,
+        help=f"compute precision (default {d.precision})",
     )
     p.add_argument(
         "--init-from",
@@ -465,6 +521,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="the scale to export (required for ONNX/TorchScript of a multi-scale MDSR)",
     )
     p.add_argument("--res-scale", type=float, help=_RES_SCALE_HELP)
+    p.add_argument(
+        "--precision",
+        choices=EXPORT_PRECISIONS,
+        default="fp32",
+        help="int8 (ONNX only): onnxruntime's static int8 graph, calibrated once per weights",
+    )
+    p.add_argument(
+        "--calibrate",
+        metavar="DIR",
+        help="int8: measure activation ranges on these images (the model's training images, "
+        "never ones you evaluate on); stored for later int8 runs",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_run_export)
 
@@ -474,11 +542,19 @@ def _run_export(args: argparse.Namespace) -> int:
     from edsr.weights import load_model
 
     model = load_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
-    done = export_model(model, args.output, args.format, scale=args.scale, overwrite=args.overwrite)
+    done = export_model(
+        model,
+        args.output,
+        args.format,
+        scale=args.scale,
+        overwrite=args.overwrite,
+        precision=args.precision,
+        calibrate=args.calibrate,
+    )
     if done.max_diff is None:
         check = "not checked: onnxruntime is not installed"
     else:
-        check = f"max |diff| vs PyTorch {done.max_diff:.1e}"
+        check = f"{args.precision}, max |diff| vs PyTorch fp32 {done.max_diff:.1e}"
     scales = "/".join(f"x{s}" for s in done.scales)
     print(f"wrote {done.path} ({args.format}, {scales}; {check})")
     return 0
@@ -564,6 +640,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="prepare the models for this precision (as upscale's --precision; default: "
+        "the plain fp32 model)",
+    )
+    p.add_argument(
         "--tmp-dir", help="where the server's temporary folder goes (default: system temp)"
     )
     p.add_argument("--quiet", action="store_true", help="no access log")
@@ -597,7 +679,90 @@ def _run_serve(args: argparse.Namespace) -> int:
         config=config,
         device=args.device,
         access_log=not args.quiet,
+        precision=args.precision,
     )
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="list and download DIV2K, Flickr2K and the benchmark sets",
+        description="Known data sets: downloaded (resumable, checksum-verified) and extracted "
+        "into the layouts 'edsr train' and 'edsr eval' take, under $EDSR_HOME/data by default.",
+    )
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    ls = dsub.add_parser("list", help="the known data sets and which are on disk")
+    ls.add_argument("--root", help="data folder (default: $EDSR_HOME/data)")
+    ls.set_defaults(func=_run_data_list)
+    dl = dsub.add_parser("download", help="download, verify and extract data sets")
+    dl.add_argument("names", nargs="+", metavar="NAME", help="names from 'edsr data list'")
+    dl.add_argument("--root", help="data folder (default: $EDSR_HOME/data)")
+    dl.add_argument(
+        "--keep-archives", action="store_true", help="keep the zip/tar files after extracting"
+    )
+    dl.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds without data before an address fails"
+    )
+    dl.add_argument("--quiet", action="store_true", help="no progress bars")
+    dl.set_defaults(func=_run_data_download)
+
+
+def _run_data_list(args: argparse.Namespace) -> int:
+    from edsr.datasets import DATASETS
+    from edsr.datasets.table import format_table
+
+    print(format_table(list(DATASETS.values()), args.root))
+    return 0
+
+
+def _run_data_download(args: argparse.Namespace) -> int:
+    from edsr.datasets import download_dataset, get_dataset
+
+    entries = [get_dataset(n) for n in args.names]  # every name checked before any download
+    for entry in entries:
+        folder = download_dataset(
+            entry,
+            args.root,
+            progress=not args.quiet,
+            keep_archives=args.keep_archives,
+            timeout=args.timeout,
+        )
+        print(f"{entry.name}: {folder}")
+    return 0
+
+
+def _add_downscale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "downscale",
+        help="make bicubic LR images (MATLAB-exact) in the benchmark layout",
+        description="Write OUT/HR/NAME.png and OUT/LR_bicubic/X{s}/NAMEx{s}.png from a folder "
+        "of HR images, with the LR making 'edsr eval' and 'edsr train' use; images already "
+        "done from the same HR file are skipped.",
+    )
+    p.add_argument("hr_dir", metavar="HR_DIR", help="folder of HR images (or a benchmark folder)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    p.add_argument(
+        "--scale", dest="scales", type=int, nargs="+", default=[2, 3, 4], help="default: 2 3 4"
+    )
+    p.add_argument(
+        "--jobs", type=_positive_int, default=None, help="processes (default: the core count)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_downscale)
+
+
+def _run_downscale(args: argparse.Namespace) -> int:
+    from edsr.datasets import downscale_folder
+
+    report = downscale_folder(
+        args.hr_dir, args.output, args.scales, jobs=args.jobs, progress=not args.quiet
+    )
+    summary = f"wrote {report.written} images; {report.skipped} already done"
+    if report.failed:
+        print(f"{summary}; skipped {len(report.failed)} unreadable: {report.failed[0]}")
+        return 1
+    print(f"{summary} -> {args.output}")
     return 0
 
 
@@ -616,6 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(sub)
     _add_train(sub)
     _add_serve(sub)
+    _add_data(sub)
+    _add_downscale(sub)
     return parser
 
 
@@ -628,6 +795,17 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    print(f"edsr: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -635,7 +813,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # A user reads one line per warning, not Python's file:line report of it.
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except EdsrError as e:
         print(f"edsr: error: {e}", file=sys.stderr)
         return 1

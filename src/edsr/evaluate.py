@@ -8,6 +8,7 @@ channel with ``scale`` pixels shaved (benchmarks) or on RGB with ``scale + 6`` (
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -22,12 +23,13 @@ from tqdm import tqdm
 
 from edsr.errors import EdsrError, ImageError
 from edsr.inference import describe, ensemble_forward, sr_forward
+from edsr.inference.distributed import SINGLE, Ranks
 from edsr.inference.precision import InferenceModel, prepare_model
 from edsr.io.datasets import DataSet, find_dataset
 from edsr.io.image import read_image, to_8bit, write_png
 from edsr.metrics import psnr, ssim
 from edsr.models import SRModel
-from edsr.resize import imresize
+from edsr.resize import bicubic_lr, imresize, mod_crop
 
 BICUBIC = "bicubic"
 
@@ -63,15 +65,15 @@ def _chw(a: np.ndarray) -> torch.Tensor:
 def load_pair(evalset: DataSet, hr_path: Path, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(LR, HR) as uint8 (C, H, W) tensors, HR cropped to a multiple of ``scale``."""
     hr = to_8bit(read_image(hr_path).pixels)
-    h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
+    h, w = mod_crop(hr, scale).shape[:2]
     if h == 0 or w == 0:
         raise EdsrError(
             f"{hr_path} ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale x{scale}"
         )
-    hr_t = _chw(hr[:h, :w])
+    hr_t = _chw(mod_crop(hr, scale))
     lr_path = evalset.lr_path(hr_path, scale)
     if lr_path is None:
-        return imresize(hr_t, 1.0 / scale), hr_t
+        return _chw(bicubic_lr(hr, scale)), hr_t
     lr = to_8bit(read_image(lr_path).pixels)
     if lr.shape[:2] != (h // scale, w // scale):
         raise EdsrError(
@@ -116,6 +118,8 @@ def evaluate(
     overwrite: bool = False,
     self_ensemble: bool = False,
     progress: bool = True,
+    ranks: Ranks = SINGLE,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate ``model`` (or ``"bicubic"``) on each data set at each scale.
 
@@ -126,6 +130,16 @@ def evaluate(
     Returns ``{"model", "protocol": {...}, "self_ensemble", "results": [{"dataset", "scale",
     "psnr", "ssim", "images", "skipped", "seconds", "protocol", "per_image": [...]}],
     "skipped": [{"dataset", "image", "error"}]}``, the structure ``--json`` writes.
+
+    ``ranks`` (from :func:`edsr.inference.distributed.join` under torchrun) splits each data
+    set's images over the processes (:meth:`~edsr.inference.distributed.Ranks.shard`), each
+    with ``model`` on its own device; the per-image scores are gathered in file order and
+    averaged as one process averages them, so every rank returns the report one process would
+    (the ``seconds`` are the wall time of all ranks together). Progress shows on rank 0 only.
+
+    ``precision`` (fp32, bf16, fp16, int8, auto) prepares a plain model with
+    :func:`~edsr.inference.precision.prepare_model`, so every path is scored by one protocol;
+    an already prepared model is used as it is.
     """
     if isinstance(model, str) and model != BICUBIC:
         raise EdsrError(f"unknown model {model!r}")
@@ -142,50 +156,43 @@ def evaluate(
         if not isinstance(model, InferenceModel):
             # fp32 channels-last: the same float32 arithmetic in oneDNN's fastest layout (1.2x
             # for MDSR-baseline on a 2-core CPU); the original model is left as it is.
-            model = prepare_model(model, precision="fp32")
+            model = prepare_model(model, precision=precision)
     sets = [discover(d) for d in data]
     results = []
     skipped: list[dict[str, str]] = []
     for evalset in sets:
         unreadable: dict[Path, str] = {}
+        mine = ranks.shard(list(enumerate(evalset.hr_files)))  # the same share at every scale
         for scale in scales:
             proto = default_protocol(
                 evalset, scale, y_channel=y_channel, shave=shave, gray_as_rgb=gray_as_rgb
             )
-            per_image = []
             start = time.perf_counter()
-            bar = tqdm(
-                evalset.hr_files,
-                desc=f"{evalset.name} x{scale}",
-                unit="img",
-                disable=not progress,
-                leave=False,
+            score = functools.partial(
+                _score_share,
+                model,
+                evalset,
+                [(i, p) for i, p in mine if p not in unreadable],
+                scale,
+                proto,
+                self_ensemble=self_ensemble,
+                save_images=save_images,
+                overwrite=overwrite,
+                progress=progress and ranks.main,
             )
-            for hr_path in bar:
-                if hr_path in unreadable:
-                    continue
-                try:
-                    lr, hr = load_pair(evalset, hr_path, scale)
-                except ImageError as e:
-                    unreadable[hr_path] = str(e)
+            per_image = []
+            for i, outcome in sorted(o for share in ranks.gather(score) for o in share):
+                if isinstance(outcome, str):
+                    unreadable[evalset.hr_files[i]] = outcome
                     skipped.append(
-                        {"dataset": evalset.name, "image": hr_path.name, "error": str(e)}
+                        {
+                            "dataset": evalset.name,
+                            "image": evalset.hr_files[i].name,
+                            "error": outcome,
+                        }
                     )
-                    tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
-                    continue
-                sr = super_resolve(model, lr, scale, self_ensemble=self_ensemble)
-                kw: dict[str, Any] = dict(
-                    crop_border=proto.shave,
-                    y_channel=proto.y_channel,
-                    gray_as_rgb=proto.gray_as_rgb,
-                )
-                p = float(psnr(sr, hr, **kw)[0])
-                s = float(ssim(sr, hr, **kw)[0])
-                per_image.append({"image": hr_path.name, "psnr": p, "ssim": s})
-                if save_images is not None:
-                    name = f"{hr_path.stem}_x{scale}.png"
-                    dst = Path(save_images) / evalset.name / f"x{scale}" / name
-                    write_png(dst, sr.permute(1, 2, 0).numpy(), overwrite=overwrite)
+                else:
+                    per_image.append(outcome)
             if not per_image:
                 raise EdsrError(
                     f"no readable image in {evalset.name}; the first error: "
@@ -223,6 +230,45 @@ def evaluate(
         "results": results,
         "skipped": skipped,
     }
+
+
+def _score_share(
+    model: SRModel | InferenceModel | str,
+    evalset: DataSet,
+    share: list[tuple[int, Path]],
+    scale: int,
+    proto: Protocol,
+    *,
+    self_ensemble: bool,
+    save_images: str | os.PathLike[str] | None,
+    overwrite: bool,
+    progress: bool,
+) -> list[tuple[int, dict[str, Any] | str]]:
+    """Score ``share``, ``(index, HR file)`` pairs of ``evalset``: ``(index, {"image", "psnr",
+    "ssim"})`` for each image, or ``(index, error)`` for one that cannot be read."""
+    out: list[tuple[int, dict[str, Any] | str]] = []
+    bar = tqdm(
+        share, desc=f"{evalset.name} x{scale}", unit="img", disable=not progress, leave=False
+    )
+    for i, hr_path in bar:
+        try:
+            lr, hr = load_pair(evalset, hr_path, scale)
+        except ImageError as e:
+            out.append((i, str(e)))
+            tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
+            continue
+        sr = super_resolve(model, lr, scale, self_ensemble=self_ensemble)
+        kw: dict[str, Any] = dict(
+            crop_border=proto.shave, y_channel=proto.y_channel, gray_as_rgb=proto.gray_as_rgb
+        )
+        p = float(psnr(sr, hr, **kw)[0])
+        s = float(ssim(sr, hr, **kw)[0])
+        out.append((i, {"image": hr_path.name, "psnr": p, "ssim": s}))
+        if save_images is not None:
+            name = f"{hr_path.stem}_x{scale}.png"
+            dst = Path(save_images) / evalset.name / f"x{scale}" / name
+            write_png(dst, sr.permute(1, 2, 0).numpy(), overwrite=overwrite)
+    return out
 
 
 def format_table(report: dict[str, Any]) -> str:

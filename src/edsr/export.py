@@ -7,6 +7,10 @@ file). Safetensors files are checkpoints: they keep all of an MDSR's scales unle
 picks one. Residual scaling is folded into the convolutions of ONNX and TorchScript graphs.
 
 ``onnx`` (and ``onnxruntime`` to verify) are optional: ``pip install 'edsr[export]'``.
+
+``precision="int8"`` (ONNX only) writes onnxruntime's statically quantized graph (see
+:mod:`edsr.inference.quantize`), calibrated on ``calibrate`` (a folder of training images) or
+on the activation ranges already stored for these weights.
 """
 
 from __future__ import annotations
@@ -19,27 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from edsr.errors import EdsrError
 from edsr.inference import describe
+from edsr.inference.quantize import FixedScale, float_graph, int8_engine
 from edsr.io.atomic import atomic_write, check_writable
 from edsr.models import MDSR, SRModel
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
-ONNX_OPSET = 17
-
-
-class FixedScale(nn.Module):
-    """``forward(x)`` = ``model(x, scale)``: a graph with one input, for tracing and ONNX."""
-
-    def __init__(self, model: SRModel, scale: int) -> None:
-        super().__init__()
-        self.model = model
-        self.scale = int(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, self.scale)
+EXPORT_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 
 def _export_scale(model: SRModel, scale: int | None) -> int:
@@ -108,32 +100,26 @@ def _write_torchscript(model: SRModel, dest: Path, scale: int) -> None:
         torch.jit.save(traced, str(dest))
 
 
-def _write_onnx(model: SRModel, dest: Path, scale: int, opset: int = ONNX_OPSET) -> None:
+def _write_onnx(
+    model: SRModel, dest: Path, scale: int, int8_from: str | os.PathLike | bool = False
+) -> None:
+    """The fp32 graph, or with ``int8_from`` the int8 one (True: stored calibration)."""
     try:
         import onnx
     except ImportError:
         raise EdsrError("ONNX export needs the onnx package: pip install 'edsr[export]'") from None
-    module = _graph_module(model, scale)
-    dims = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad(), _quiet_deprecations():
-        # The TorchScript-based exporter (dynamo=False) needs no onnxscript and gives a
-        # plain static graph with symbolic H and W; its output dims are named for clarity.
-        torch.onnx.export(
-            module,
-            (_example(model),),
-            str(dest),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": dims, "output": {0: "batch", 2: "out_height", 3: "out_width"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-    proto = onnx.load(str(dest))
+
+    if int8_from is False:
+        proto = float_graph(model, scale)
+    else:
+        calibrate_on = None if int8_from is True else int8_from
+        engine = int8_engine(model, calibrate_on=calibrate_on)
+        proto = onnx.load(str(engine.graph_path(scale)))
     meta = {
         "scale": str(scale),
         "input_range": "0..255 float32 RGB, NCHW",
         "model_config": str(model.config()),
+        "precision": "fp32" if int8_from is False else "int8",
         "producer": "edsr",
     }
     for key, value in meta.items():
@@ -175,6 +161,8 @@ def export_model(
     overwrite: bool = False,
     check: bool = True,
     tolerance: float = 1e-3,
+    precision: str = "fp32",
+    calibrate: str | os.PathLike | None = None,
 ) -> Exported:
     """Export ``model`` to ``path`` as ``format`` (onnx, torchscript or safetensors).
 
@@ -182,9 +170,20 @@ def export_model(
     of another size (``check``); only an export within ``tolerance`` (0..255 scale) is put in
     place, so a failed export leaves no file behind. ONNX and TorchScript hold one scale;
     safetensors keeps all of an MDSR's scales unless ``scale`` picks one.
+
+    ``precision="int8"`` (ONNX): the int8 graph, calibrated on the images in ``calibrate``
+    (training images; the ranges are stored, so later int8 runs of these weights reuse them)
+    or on ranges stored before; its check reports the difference from fp32 PyTorch without a
+    tolerance (int8 differs by design; ``edsr eval --precision int8`` measures its quality).
     """
     if format not in FORMATS:
         raise EdsrError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise EdsrError(f"export precision must be fp32 or int8, not {precision!r}")
+    if precision == "int8" and format != "onnx":
+        raise EdsrError("int8 export is ONNX only: use --format onnx")
+    if calibrate is not None and precision != "int8":
+        raise EdsrError("--calibrate is for --precision int8")
     if format == "safetensors":
         scales = model.scales if scale is None else (_export_scale(model, scale),)
     else:
@@ -195,14 +194,15 @@ def export_model(
     max_diff: float | None = None
     with atomic_write(dest, overwrite=overwrite) as tmp:
         if format == "onnx":
-            _write_onnx(model, tmp, scales[0])
+            int8_from = (calibrate or True) if precision == "int8" else False
+            _write_onnx(model, tmp, scales[0], int8_from)
         elif format == "torchscript":
             _write_torchscript(model, tmp, scales[0])
         else:
             _write_safetensors(model, tmp, scale)
         if check:
             max_diff = verify_export(model, tmp, format, scale=scale)
-            if max_diff is not None and not max_diff <= tolerance:
+            if max_diff is not None and precision == "fp32" and not max_diff <= tolerance:
                 raise EdsrError(
                     f"the {format} export differs from PyTorch by {max_diff:.3g} (more than "
                     f"{tolerance:g}); nothing was written to {dest}"
@@ -275,6 +275,7 @@ def verify_export(
 
 
 __all__ = [
+    "EXPORT_PRECISIONS",
     "FORMATS",
     "Exported",
     "FixedScale",

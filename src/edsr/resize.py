@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["imresize", "imresize_np", "imresize_pil", "output_size", "resize_weights"]
+__all__ = [
+    "bicubic_lr",
+    "imresize",
+    "imresize_np",
+    "imresize_pil",
+    "mod_crop",
+    "output_size",
+    "resize_weights",
+]
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:
@@ -209,3 +217,21 @@ def imresize_pil(
         raise ValueError(f"only L and RGB images are supported, got mode {img.mode}")
     out = imresize_np(np.asarray(img), scale, size=size)
     return Image.fromarray(out)
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    """``img`` (H, W, ...) cut at the bottom and right to a multiple of ``scale`` per side: the
+    HR image the papers' evaluation compares against (a view, not a copy)."""
+    h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
+    return img[:h, :w]
+
+
+def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The papers' LR image of an (H, W, C) uint8 HR image: :func:`mod_crop`, then MATLAB
+    bicubic by ``1 / scale``, rounded to uint8, (H // scale, W // scale, C).
+
+    The one way LR images are made: ``edsr eval`` and ``edsr train`` (for data sets without
+    LR files) and ``edsr downscale`` (which writes them) all call it, so a folder it wrote
+    scores exactly what the built-in LR making scores.
+    """
+    return imresize_np(mod_crop(hr, scale), 1.0 / scale)

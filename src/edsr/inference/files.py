@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from edsr.errors import EdsrError, ImageError
 from edsr.inference.descriptor import Model, resolve_scale
+from edsr.inference.distributed import SINGLE, Ranks
 from edsr.inference.engine import ArraySink, StripSink, TileBar, array_input, chain, run_tiled
 from edsr.inference.estimate import plan_job
 from edsr.inference.memory import format_bytes, host_available_memory
@@ -223,6 +224,7 @@ def upscale_files(
     stream: bool | None = None,
     should_stop: ShouldStop | None = None,
     say: Say | None = None,
+    ranks: Ranks = SINGLE,
 ) -> BatchResult:
     """Upscale image files, directories or one video into ``output``.
 
@@ -236,6 +238,12 @@ def upscale_files(
     :func:`~edsr.inference.upscale_tensor`), so any size fits in memory;
     ``precision``/``compile`` prepare the model once (see
     :func:`~edsr.inference.precision.prepare_model`); ``frames`` limits videos.
+
+    ``ranks`` (from :func:`edsr.inference.distributed.join` under torchrun) splits the images
+    over the processes, each with ``model`` on its own device: rank 0 alone does the checks
+    above, the others wait for them, then each upscales its share
+    (:meth:`~edsr.inference.distributed.Ranks.shard`) and every rank returns the whole run's
+    result, the same as one process gives. Progress and notes show on rank 0 only.
     """
     from edsr.inference.video import upscale_video, video_output_path
 
@@ -248,6 +256,10 @@ def upscale_files(
     videos = [p for p in paths if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir()]
     if videos and len(paths) > 1:
         raise EdsrError("give one video at a time (images and folders can be given together)")
+    if videos and ranks.spread:
+        raise EdsrError("a video is not split over processes; upscale it without torchrun")
+    if not ranks.main:
+        say, progress = None, False
     if frames is not None and not videos and say is not None:
         say("--frames only applies to videos; ignored")
     opts: dict[str, Any] = {"tile": tile, "max_memory": max_memory, "ensemble": ensemble}
@@ -272,6 +284,59 @@ def upscale_files(
         )
         return BatchResult(written=[written], kind="video")
 
+    # One rank checks the output place and clears stale temporaries while the others wait:
+    # no rank writes before that is done, and none removes a temporary another is writing.
+    n_files, jobs, skipped = ranks.from_main(
+        lambda: _plan_images(paths, output, scale, overwrite=overwrite, skip_existing=skip_existing)
+    )
+
+    def work() -> list[tuple[int, Path | str]]:
+        prepared = _prepared(model, precision, compile)
+        done: list[tuple[int, Path | str]] = []  # (job index, written file or why it failed)
+        mine = ranks.shard(list(enumerate(jobs)))
+        bar = tqdm(mine, desc=f"upscale x{scale}", unit="img", disable=not progress)
+        for i, (src, dst) in bar:
+            bar.set_postfix_str(src.name)
+            try:
+                written = upscale_image_file(
+                    src,
+                    dst,
+                    prepared,
+                    scale,
+                    overwrite=overwrite,
+                    stream=stream,
+                    progress=progress,
+                    should_stop=should_stop,
+                    say=say,
+                    **opts,
+                )
+            except ImageError as e:
+                if n_files == 1:
+                    raise
+                done.append((i, str(e)))
+                continue
+            done.append((i, written))
+        return done
+
+    result = BatchResult(skipped_existing=skipped)
+    for i, outcome in sorted(o for share in ranks.gather(work) for o in share):
+        if isinstance(outcome, str):
+            result.failed.append((jobs[i][0], outcome))
+        else:
+            result.written.append(outcome)
+    return result
+
+
+def _plan_images(
+    paths: Sequence[Path],
+    output: str | os.PathLike[str],
+    scale: int,
+    *,
+    overwrite: bool,
+    skip_existing: bool,
+) -> tuple[int, list[tuple[Path, Path]], list[Path]]:
+    """The images found, the ``(src, dst)`` jobs and the inputs skipped as already written,
+    after the checks :func:`upscale_files` makes before any work."""
     files: list[Path] = []
     roots: list[Path | None] = []
     for item in paths:
@@ -279,39 +344,15 @@ def upscale_files(
         files += found
         roots += [item if item.is_dir() else None] * len(found)
     dests = output_paths(files, roots, output, scale)
-    result = BatchResult()
-    jobs = []
+    skipped: list[Path] = []
+    jobs: list[tuple[Path, Path]] = []
     for src, dst in zip(files, dests, strict=True):
         if skip_existing and os.path.lexists(dst):
-            result.skipped_existing.append(src)
+            skipped.append(src)
             continue
         check_writable(dst, overwrite=overwrite)
         jobs.append((src, dst))
     for folder in sorted({dst.parent for _, dst in jobs}):
         check_folder_writable(folder)
         remove_stale_temps(folder)
-    model = _prepared(model, precision, compile)
-    batch = len(files) > 1
-    bar = tqdm(jobs, desc=f"upscale x{scale}", unit="img", disable=not progress)
-    for src, dst in bar:
-        bar.set_postfix_str(src.name)
-        try:
-            written = upscale_image_file(
-                src,
-                dst,
-                model,
-                scale,
-                overwrite=overwrite,
-                stream=stream,
-                progress=progress,
-                should_stop=should_stop,
-                say=say,
-                **opts,
-            )
-        except ImageError as e:
-            if not batch:
-                raise
-            result.failed.append((src, str(e)))
-            continue
-        result.written.append(written)
-    return result
+    return len(files), jobs, skipped

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from edsr.errors import EdsrError, ImageError
-from edsr.io.image import IMAGE_EXTENSIONS, find_images
+from edsr.io.image import FLAT_LAYOUT, IMAGE_EXTENSIONS, find_images, no_images_error
 
 Layout = Literal["benchmark", "div2k", "folder"]
 
@@ -55,7 +55,8 @@ def find_dataset(
 
     ``split`` chooses among several ``DIV2K_*_HR`` folders (``valid`` for evaluation, ``train``
     for training). ``what`` names the folder in messages ("training", "validation", "data").
-    A folder that is missing or holds no image is an :class:`EdsrError`.
+    A folder that is missing is an :class:`EdsrError`; one that holds no image, an
+    :class:`~edsr.errors.ImageError` (an EdsrError) from :func:`edsr.io.image.no_images_error`.
     """
     root = Path(path)
     if not root.exists():
@@ -86,8 +87,10 @@ def find_dataset(
         lr = None
         kind, name = "folder", root.name
     if not files:
-        raise EdsrError(
-            f"no images in {what} directory {root}: expected image files "
-            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), HR/, or DIV2K_{split}_HR/"
-        )
+        layouts = [
+            f"DIV2K_{split}_HR/ (DIV2K layout)",
+            "HR/ (benchmark layout)",
+            f"{FLAT_LAYOUT} (a flat folder)",
+        ]
+        raise no_images_error(root, what, layouts)
     return DataSet(name, kind, files, lr if lr is not None and lr.is_dir() else None)

@@ -33,14 +33,17 @@ from edsr.io.atomic import atomic_write_stream
 from edsr.io.png import PNG_MAX_SIDE, PngError, encode_png, parse_png, peek_header
 
 __all__ = [
+    "FLAT_LAYOUT",
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS_ENV",
     "OUTPUT_EXTENSIONS",
     "PILLOW_FORMATS",
     "Image",
     "find_images",
+    "first_frame_note",
     "frame_count",
     "max_side",
+    "no_images_error",
     "read_image",
     "to_8bit",
     "write_image",
@@ -267,8 +270,7 @@ def _read_with_pillow(f: BinaryIO, p: str) -> Image:
                 f"{p}: file is truncated or corrupt ({_oneline(e)}); re-export or re-download it"
             ) from None
     if frames > 1:
-        kind = "multi-page TIFF" if im.format == "TIFF" else f"animated {im.format}"
-        warnings.warn(f"{p}: {kind} with {frames} frames; using the first", UserWarning, 2)
+        warnings.warn(f"{p}: {first_frame_note(im.format or '', frames)}", UserWarning, 2)
     icc = im.info.get("icc_profile")
     # Broken EXIF metadata should not make intact pixels unreadable: keep them as stored.
     with contextlib.suppress(*_DECODE_ERRORS, TypeError):
@@ -277,6 +279,12 @@ def _read_with_pillow(f: BinaryIO, p: str) -> Image:
     if isinstance(icc, bytes):
         image.icc_profile = _matching_profile(icc, gray=image.gray)
     return image
+
+
+def first_frame_note(fmt: str, frames: int) -> str:
+    """The one wording of the policy for images of several frames, wherever they come in."""
+    kind = "multi-page TIFF" if fmt == "TIFF" else f"animated {fmt}"
+    return f"{kind} with {frames} frames; using the first"
 
 
 def frame_count(im: PIL.Image.Image) -> int:
@@ -625,6 +633,22 @@ def _pil_from_samples(samples: np.ndarray) -> PIL.Image.Image:
 # --------------------------------------------------------------------------------------------
 
 
+#: How :func:`find_images` reads a folder, in the words of :func:`no_images_error`.
+FLAT_LAYOUT = "image files in it or its subfolders"
+
+
+def no_images_error(
+    folder: str | os.PathLike[str], what: str, layouts: Sequence[str]
+) -> ImageError:
+    """The one error for a folder in which no image was found, wherever a folder is read
+    (train, validation, eval, upscale): it names the folder and every layout tried."""
+    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+    tried = "; ".join(layouts)
+    return ImageError(
+        f"no images in {what} directory {folder}: tried {tried} (suffixes: {exts}); check the path"
+    )
+
+
 def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Expand files and directories into a list of image files.
 
@@ -647,10 +671,7 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             continue
         images = _scan_dir(p)
         if not images:
-            raise ImageError(
-                f"{p}: directory contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                "check the path"
-            )
+            raise no_images_error(p, "input", [FLAT_LAYOUT])
         found.extend(images)
     seen: set[str] = set()
     unique = []

@@ -33,7 +33,7 @@ from starlette.types import Receive
 
 from edsr.errors import EdsrError
 from edsr.inference import default_memory_budget, describe, parse_memory, plan_tiles
-from edsr.io.image import IMAGE_EXTENSIONS
+from edsr.io.image import IMAGE_EXTENSIONS, first_frame_note
 from edsr.serve.config import ServeConfig
 from edsr.serve.jobs import Busy, Gone, JobIdInUse, JobQueue, JobState, ShuttingDown, TimedOut
 from edsr.serve.middleware import (
@@ -309,9 +309,7 @@ class EdsrServer:
             "X-Elapsed-S": f"{elapsed:.3f}",
         }
         if header.frames > 1:
-            headers["X-Warning"] = (
-                f"{header.format} with {header.frames} frames: the first was used"
-            )
+            headers["X-Warning"] = first_frame_note(header.format, header.frames)
         return StreamingResponse(
             _stream(result.file),
             media_type=fmt.media_type,

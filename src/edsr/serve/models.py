@@ -41,9 +41,15 @@ def default_model_spec() -> str | None:
 
 
 def load_models(
-    specs: Sequence[str], *, device: str | None = None, progress: bool = True
+    specs: Sequence[str],
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    precision: str | None = None,
 ) -> list[ServedModel]:
-    """Load each ``--model`` value once (files or registry names; comma-separated lists too)."""
+    """Load each ``--model`` value once (files or registry names; comma-separated lists too),
+    prepared for ``precision`` (fp32, bf16, fp16, int8, auto; None: the plain model)."""
+    from edsr.inference.precision import prepare_model
     from edsr.weights import load_model
 
     names: list[str] = []
@@ -56,8 +62,9 @@ def load_models(
     for spec in dict.fromkeys(names):  # keeps order, drops repeats
         path = Path(spec)
         entry = find_entry(path.name) if path.is_file() else find_entry(spec)
-        model = load_model(spec, device=device or "auto", progress=progress)
-        model.eval()
+        model: Model = load_model(spec, device=device or "auto", progress=progress).eval()
+        if precision is not None:
+            model = prepare_model(model, precision=precision)
         base = entry.name if entry is not None and not path.is_file() else path.stem
         mid, n = base, 2
         while mid.lower() in seen or mid.lower() == BICUBIC:

@@ -65,6 +65,7 @@ def serve(
     config: ServeConfig | None = None,
     device: str | None = None,
     access_log: bool = True,
+    precision: str | None = None,
 ) -> None:
     """Load ``models`` once, then serve the page and API until interrupted."""
     import uvicorn
@@ -75,7 +76,7 @@ def serve(
         os.environ[MAX_PIXELS_ENV] = str(config.max_pixels)
     if is_loopback(host) and config.allowed_hosts is None:
         config = dataclasses.replace(config, allowed_hosts=LOOPBACK_NAMES)
-    served = load_models(models, device=device)
+    served = load_models(models, device=device, precision=precision)
     app = create_app(served, config)
     sock = bind(host, port)
     real_port = sock.getsockname()[1]

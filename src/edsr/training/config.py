@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edsr.errors import EdsrError
-from edsr.inference.precision import PRECISIONS
+from edsr.inference.precision import TRAINING_PRECISIONS
 from edsr.io.atomic import atomic_write
 from edsr.models import PRESETS, check_scales
 
@@ -77,9 +77,9 @@ class TrainConfig:
                 )
         if self.lr <= 0:
             raise EdsrError(f"learning rate must be positive, got {self.lr}")
-        if self.precision not in PRECISIONS:
+        if self.precision not in TRAINING_PRECISIONS:
             raise EdsrError(
-                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+                f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, not {self.precision!r}"
             )
         if self.on_bad_image not in ("skip", "fail"):
             raise EdsrError(f"on_bad_image must be 'skip' or 'fail', not {self.on_bad_image!r}")

@@ -28,7 +28,7 @@ from edsr.io.atomic import atomic_write
 from edsr.io.cache import edsr_home, sha256_file
 from edsr.io.datasets import find_dataset
 from edsr.io.image import read_image, to_8bit
-from edsr.resize import imresize
+from edsr.resize import bicubic_lr
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def _make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    h, w = hr.shape[0] - hr.shape[0] % scale, hr.shape[1] - hr.shape[1] % scale
-    t = torch.from_numpy(np.ascontiguousarray(hr[:h, :w])).permute(2, 0, 1)
-    return imresize(t, 1.0 / scale).permute(1, 2, 0).contiguous().numpy()
+    return bicubic_lr(np.asarray(hr), scale)  # the one LR maker, shared with eval and downscale
 
 
 class PatchDataset:

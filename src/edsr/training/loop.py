@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from edsr.errors import EdsrError
 from edsr.evaluate import evaluate
+from edsr.inference.distributed import join
 from edsr.inference.precision import precision_name, resolve_precision
 from edsr.io.datasets import find_dataset
 from edsr.models import SRModel, build_model
@@ -344,15 +345,5 @@ class _StopSignals:
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend)
-        rank = dist.get_rank()
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return rank, world, torch.device("cuda", local)
-        return rank, world, torch.device("cpu")
-    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = join()  # torchrun's process group, this rank's GPU or share of the CPU cores
+    return ranks.rank, ranks.world, torch.device(ranks.device())

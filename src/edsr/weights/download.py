@@ -8,32 +8,28 @@ each failure (HTTP error, timeout, short transfer, wrong hash) moves on to the n
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import os
-import socket
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from edsr.errors import CheckpointError, EdsrError
 from edsr.io.atomic import atomic_write
 from edsr.io.cache import edsr_home, sha256_file
+from edsr.io.download import (
+    DEFAULT_TIMEOUT,
+    Checksum,
+    FetchFailed,
+    fetch_url,
+    hash_matches,
+    offline,
+)
 from edsr.weights.catalogue import ASSETS
 from edsr.weights.entry import WeightsEntry
 from edsr.weights.registry import get_entry
 
-DEFAULT_TIMEOUT = 30.0  # seconds without a byte before an address counts as failed
-_CHUNK = 1 << 20
 # No official file is near this; a server streaming without end must not fill the disk.
 _MAX_BYTES = 4 << 30
-
-
-class _FetchFailed(Exception):
-    """One address failed; the message says why. Deliberately not an OSError, so that
-    ``atomic_write`` does not mistake a network failure for a failure to write the file."""
 
 
 def cache_dir() -> Path:
@@ -54,11 +50,6 @@ def weights_path(entry: str | WeightsEntry) -> Path:
 
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".sha256.json")
-
-
-def hash_matches(digest: str, expected: str) -> bool:
-    """True when the full hex ``digest`` starts with ``expected`` (a full digest or a prefix)."""
-    return len(expected) >= 8 and digest.lower().startswith(expected.lower())
 
 
 def _write_marker(path: Path, digest: str) -> None:
@@ -105,80 +96,23 @@ def verify_file(
     return digest
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}".strip()
-    if isinstance(exc, urllib.error.URLError):
-        if not isinstance(exc.reason, BaseException):
-            return str(exc.reason)
-        exc = exc.reason
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "host not found"
-    if isinstance(exc, http.client.IncompleteRead):
-        return f"connection closed after {len(exc.partial)} more bytes (truncated)"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0][:120]
-
-
 def _fetch(url: str, dest: Path, entry: WeightsEntry, *, timeout: float, progress: bool) -> str:
     """Download ``url`` into ``dest`` (a temporary file) and return its SHA-256.
 
-    Raises :class:`_FetchFailed` for every way the transfer can go wrong, the hash included.
+    Raises :class:`FetchFailed` for every way the transfer can go wrong, the hash included.
+    No resume: the temporary file goes with a failed address, and weights files are small.
     """
-    from tqdm import tqdm
-
-    from edsr.version import __version__
-
-    if not url.lower().startswith(("https://", "http://")):
-        raise _FetchFailed("only http(s) addresses are fetched")
-    req = urllib.request.Request(url, headers={"User-Agent": f"edsr/{__version__}"})
-    h = hashlib.sha256()
-    received = 0
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            length_text = resp.headers.get("Content-Length")
-            length = int(length_text) if length_text and length_text.isdigit() else None
-            if length is not None and entry.size is not None and length != entry.size:
-                raise _FetchFailed(f"server offers {length:,} bytes, expected {entry.size:,}")
-            limit = entry.size or length or _MAX_BYTES
-            bar = tqdm(
-                total=length or entry.size,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=entry.filename,
-                disable=not progress,
-                leave=False,
-                file=sys.stderr,
-            )
-            with bar, open(dest, "wb") as f:
-                while chunk := resp.read(_CHUNK):
-                    received += len(chunk)
-                    if received > limit:
-                        raise _FetchFailed(f"server sent more than the expected {limit:,} bytes")
-                    f.write(chunk)
-                    h.update(chunk)
-                    bar.update(len(chunk))
-    except _FetchFailed:
-        raise
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-        # OSError covers refused connections, timeouts and resets mid-transfer.
-        raise _FetchFailed(_reason(e)) from None
-    # http.client's read(n) returns b"" rather than raising when the connection closes before
-    # Content-Length bytes arrived, so a truncated transfer is caught here, by counting.
-    expected_len = length if length is not None else entry.size
-    if expected_len is not None and received != expected_len:
-        raise _FetchFailed(f"truncated: got {received:,} of {expected_len:,} bytes")
-    if received == 0:
-        raise _FetchFailed("empty response")
-    digest = h.hexdigest()
-    if not hash_matches(digest, entry.sha256):
-        raise _FetchFailed(f"SHA-256 mismatch: got {digest[:16]}..., expected {entry.sha256}...")
-    return digest
+    return fetch_url(
+        url,
+        dest,
+        size=entry.size,
+        checksum=Checksum("sha256", entry.sha256),
+        label=entry.filename,
+        timeout=timeout,
+        progress=progress,
+        max_bytes=_MAX_BYTES,
+        say=lambda line: print(line, file=sys.stderr) if progress else None,
+    )
 
 
 def download_weights(
@@ -206,14 +140,13 @@ def download_weights(
         return path
     stale = path.exists()
     failures: list[str] = []
-    offline = os.environ.get("EDSR_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
-    for url in () if offline else e.urls:
+    for url in () if offline() else e.urls:
         try:
             # The temporary file sits beside the target (same file system, so the rename is
             # atomic) and is removed on any failure, Ctrl-C included.
             with atomic_write(path, overwrite=True) as tmp:
                 digest = _fetch(url, tmp, e, timeout=timeout, progress=progress)
-        except _FetchFailed as err:
+        except FetchFailed as err:
             failures.append(f"{url} ({err})")
             continue
         _write_marker(path, digest)

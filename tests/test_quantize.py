@@ -1,0 +1,164 @@
+"""int8 inference (edsr.inference.quantize) and what ``auto`` picks (edsr.inference.precision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edsr
+from edsr.cli import main
+from edsr.errors import EdsrError
+from edsr.evaluate import discover, load_pair, super_resolve
+from edsr.inference import precision as P
+from edsr.inference import quantize as Q
+from edsr.models import MDSR
+
+SET5 = Path(__file__).parent / "data" / "Set5"
+ort = pytest.importorskip(
+    "onnxruntime", reason="int8 needs onnxruntime: pip install 'edsr[export]'"
+)
+
+
+@pytest.fixture(scope="module")
+def small() -> MDSR:
+    """A 2-block MDSR x2 carrying the bundled model's trained layers: real image-like outputs
+    at a tenth of the cost."""
+    full = edsr.load_model()
+    model = MDSR(scales=(2,), n_resblocks=2).eval()
+    have = full.state_dict()
+    sd = {}
+    for key in model.state_dict():
+        src = key
+        if key.startswith(("pre_process.", "upsample.")):
+            src = key.replace(".0.", f".{full.scales.index(2)}.", 1)
+        elif key.startswith("body.2."):
+            src = key.replace("body.2.", f"body.{full.n_resblocks}.", 1)
+        sd[key] = have[src]
+    model.load_state_dict(sd)
+    return model
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDSR_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _flags(monkeypatch: pytest.MonkeyPatch, *flags: str) -> None:
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset(flags))
+
+
+def test_int8_close_to_fp32_on_set5(small: MDSR, home: Path) -> None:
+    # Calibrated on Set5 HR crops, checked on the LR images of all of Set5 at x2.
+    engine = Q.int8_engine(small, calibrate_on=SET5)
+    q = P.Int8Model(small.fold_res_scale().eval(), engine)
+    fp = P.prepare_model(small, precision="fp32")
+    ds = discover(SET5)
+    diffs = []
+    for hr in ds.hr_files:
+        lr, _ = load_pair(ds, hr, 2)
+        a, b = super_resolve(fp, lr, 2).int(), super_resolve(q, lr, 2).int()
+        diffs.append((a - b).abs().flatten().numpy())
+    d = np.concatenate(diffs)
+    # int8 stays within a few gray levels, and is not bit-exact (it is really int8).
+    assert np.percentile(d, 99.9) <= 3
+    assert 0 < d.mean() < 0.5
+
+
+def test_image_facing_layers_stay_float(small: MDSR, home: Path) -> None:
+    calib = Q.calibrate(small, SET5, save=False)
+    graph = Q.quantized_graph(small, 2, calib)
+    made_by = {o: n for n in graph.graph.node for o in n.output}
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    kept = set(Q.float_nodes(Q.float_graph(small, 2)))
+    assert len(kept) == 4 and {n.name for n in convs} >= kept
+    for node in convs:
+        weight_from = made_by.get(node.input[1])
+        quantized = weight_from is not None and weight_from.op_type == "DequantizeLinear"
+        assert quantized == (node.name not in kept), node.name
+
+
+def test_calibration_is_stored_and_reused(
+    small: MDSR, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(EdsrError, match="--calibrate"):
+        Q.int8_engine(small)  # nothing stored yet, nothing to calibrate on
+    Q.int8_engine(small, calibrate_on=SET5)
+    digest = Q.weights_digest(small)
+    assert (Q.cache_dir(digest) / f"{Q.METHOD}.json").is_file()
+
+    def no_calibration(*args: object, **kwargs: object) -> None:
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(Q, "_measure_ranges", no_calibration)
+    fast = P.prepare_model(small, precision="int8")
+    assert isinstance(fast, P.Int8Model) and fast.precision == "int8"
+    x = torch.rand(1, 3, 20, 24) * 255
+    assert fast(x, 2).shape == (1, 3, 40, 48)
+    assert (Q.cache_dir(digest) / f"{Q.METHOD}-x2.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "meets", "want"),
+    [
+        (("avx2", "avx512_vnni", "avx512_bf16"), True, torch.qint8),
+        (("avx2", "avx512_vnni", "avx512_bf16"), False, torch.bfloat16),
+        (("avx2", "amx_int8", "amx_bf16"), True, torch.qint8),
+        (("avx2", "avx_vnni"), True, torch.qint8),
+        (("avx2", "avx_vnni"), False, torch.float32),
+        (("avx2", "avx512_bf16"), True, torch.bfloat16),  # no int8 dot product: never int8
+        (("avx2",), True, torch.float32),
+    ],
+)
+def test_auto_rule(
+    monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...], meets: bool, want: torch.dtype
+) -> None:
+    _flags(monkeypatch, *flags)
+    assert P.resolve_precision("auto", "cpu", int8=meets) == want
+
+
+def test_int8_only_for_inference_on_cpu() -> None:
+    with pytest.raises(EdsrError, match="inference"):
+        P.resolve_precision("int8", "cpu")  # training asks without int8=
+    with pytest.raises(EdsrError, match="CPU"):
+        P.resolve_precision("int8", "cuda", int8=False)
+    assert P.resolve_precision("int8", "cpu", int8=False) == torch.qint8
+
+
+def test_bundled_model_auto_follows_its_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = edsr.load_model()
+    calib = Q.find_calibration(model)
+    assert calib is not None and calib.source.startswith("train")  # never its test images
+    _flags(monkeypatch, "avx2", "avx512_vnni", "avx512_bf16")
+    want = "int8" if calib.meets_bar() else "bf16"
+    assert P.chosen_precision(model, "auto", "cpu") == want
+    _flags(monkeypatch, "avx2")
+    assert P.chosen_precision(model, "auto", "cpu") == "fp32"
+
+
+def test_cli_int8_end_to_end(
+    small: MDSR, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edsr.weights import save_model
+
+    ckpt = tmp_path / "small.safetensors"
+    save_model(small, ckpt)
+    out = tmp_path / "small-int8.onnx"
+    argv = ["export", str(ckpt), "--format", "onnx", "--precision", "int8"]
+    assert main([*argv, "--calibrate", str(SET5), "-o", str(out)]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in __import__("onnx").load(str(out)).graph.node}
+    assert "DequantizeLinear" in ops
+    x = np.random.default_rng(0).random((1, 3, 17, 21), dtype=np.float32) * 255
+    assert session.run(None, {"input": x})[0].shape == (1, 3, 34, 42)
+    capsys.readouterr()
+    # eval reuses the stored calibration: no --calibrate needed any more
+    assert main(["eval", "--model", str(ckpt), "--data", str(SET5), "--scale", "2"]) == 0
+    fp32 = float(capsys.readouterr().out.splitlines()[1].split()[2])
+    args = ["eval", "--model", str(ckpt), "--data", str(SET5), "--scale", "2"]
+    assert main([*args, "--precision", "int8", "--quiet"]) == 0
+    int8 = float(capsys.readouterr().out.splitlines()[1].split()[2])
+    assert 0 < fp32 - int8 < 0.3 and fp32 > 30
