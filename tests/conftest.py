@@ -53,3 +53,20 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def baby() -> np.ndarray:
     return load_rgb("baby.png")
+
+
+@pytest.fixture
+def local_server():
+    """An HTTP file server on 127.0.0.1 for one test (see local_server.LocalServer)."""
+    from local_server import LocalServer
+
+    with LocalServer() as s:
+        yield s
+
+
+@pytest.fixture
+def edsr_home(tmp_path, monkeypatch):
+    """An empty ``$EDSR_HOME`` with the network allowed (the tests' servers are local)."""
+    monkeypatch.setenv("EDSR_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EDSR_OFFLINE", raising=False)
+    return tmp_path / "home"

@@ -21,9 +21,9 @@ from edsr.inference import ensemble_forward, sr_forward, upscale_tensor
 from edsr.inference.precision import prepare_model
 from edsr.training.config import TrainConfig
 from edsr.training.loop import train
+from local_server import free_port
 from sr_helpers import pass_through_model, small_edsr
 from test_precision import quantized_diff_percentile, set5
-from test_train import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
-import socket
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -28,81 +24,19 @@ from edsr.errors import EdsrError
 from edsr.evaluate import discover
 from edsr.io.download import Checksum, part_path
 from edsr.io.image import read_image, write_png
+from local_server import refused_url
 
 SET = "TestSet"
 
 
-class _Server:
-    """path -> ("ok", body) | ("cut", body, n): send only n bytes of the first answer, then
-    serve normally | ("norange", body): ignore Range. Unknown paths are 404. Records each
-    request's path and Range header."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                rng = self.headers.get("Range")
-                server.requests.append((self.path, rng))
-                if self.path not in server.routes:
-                    self.send_error(404)
-                    return
-                kind, body, *rest = server.routes[self.path]
-                start = 0
-                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-                if m and kind != "norange":
-                    start = int(m.group(1))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                if kind == "cut":
-                    # Promise the whole file, send the first n bytes, close (HTTP/1.0); the
-                    # next request is served in full.
-                    server.routes[self.path] = ("ok", body)
-                    self.wfile.write(body[start : rest[0]])
-                    return
-                self.wfile.write(body[start:])
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.watchdog = threading.Timer(60, self.httpd.shutdown)
-        self.watchdog.daemon = True
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        self.watchdog.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.watchdog.cancel()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+@pytest.fixture
+def server(local_server):
+    return local_server
 
 
 @pytest.fixture
-def server():
-    with _Server() as s:
-        yield s
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDSR_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("EDSR_OFFLINE", raising=False)
-    return tmp_path / "home" / "data"
+def home(edsr_home):
+    return edsr_home / "data"
 
 
 @pytest.fixture(scope="module")
@@ -146,13 +80,6 @@ def _check_extracted(folder: Path, images: dict[str, np.ndarray]) -> None:
         assert np.array_equal(read_image(p).pixels, images[p.stem])
         assert ds.lr_path(p, 2) is not None
     assert not (folder.parent / "Other").exists()
-
-
-def _refused_url(path: str) -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"  # nothing listens there any more
 
 
 def test_good_file_is_verified_extracted_and_listed(server, home, archive, monkeypatch, capsys):
@@ -229,7 +156,7 @@ def test_404_then_mirror(server, home, archive):
 
 def test_offline_says_where_to_put_a_copy_and_uses_it(home, archive, monkeypatch, capsys):
     body, images = archive
-    url = _refused_url("/bench.tar")
+    url = refused_url("/bench.tar")
     e = _entry([url], body)
     monkeypatch.setitem(DATASETS, SET, e)
     monkeypatch.setenv("EDSR_OFFLINE", "1")
@@ -246,7 +173,7 @@ def test_offline_says_where_to_put_a_copy_and_uses_it(home, archive, monkeypatch
 
 def test_server_down_names_every_address(home, archive):
     body, _ = archive
-    urls = [_refused_url("/a.tar"), _refused_url("/b.tar")]
+    urls = [refused_url("/a.tar"), refused_url("/b.tar")]
     with pytest.raises(EdsrError) as info:
         download_dataset(_entry(urls, body), progress=False)
     assert all(f"{u} (connection refused)" in str(info.value) for u in urls)

@@ -15,30 +15,14 @@ from PIL import Image
 from conftest import crop_set
 from edsr import EDSR, save_model
 from edsr.inference.distributed import SINGLE, Ranks, cpu_cores, from_env
-from test_train import ENV, free_port
+from local_server import torchrun_cmd
+from test_train import ENV
 
 NAMES = ("baby", "bird", "butterfly", "head", "woman")
 
 
 def edsr_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edsr", *args]
-
-
-def torchrun_cmd(*args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "edsr",
-        *args,
-    ]
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

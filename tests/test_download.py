@@ -7,10 +7,6 @@ it anyway after a minute); no test ever contacts the real download addresses.
 import dataclasses
 import hashlib
 import io
-import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -32,76 +28,17 @@ from edsr.weights import (
 )
 from edsr.weights import download as download_module
 from edsr.weights.download import cache_dir, hash_matches
-
-
-class _Server:
-    """Serves ``routes``: path -> ("ok", body) | ("truncated", body, claimed length)
-    | ("stall", seconds) | ("status", code). Unknown paths are 404. Records each request."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple] = {}
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                server.requests.append(self.path)
-                kind, *rest = server.routes.get(self.path, ("status", 404))
-                if kind == "status":
-                    self.send_error(rest[0])
-                    return
-                if kind == "stall":
-                    self.send_response(200)
-                    self.send_header("Content-Length", "1000")
-                    self.end_headers()
-                    self.wfile.write(b"x" * 10)
-                    self.wfile.flush()
-                    time.sleep(rest[0])
-                    return
-                body = rest[0]
-                claimed = rest[1] if kind == "truncated" else len(body)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(claimed))
-                self.end_headers()
-                # A truncated transfer: promise `claimed` bytes, send half, close (HTTP/1.0).
-                self.wfile.write(body if kind == "ok" else body[: len(body) // 2])
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.watchdog = threading.Timer(60, self.httpd.shutdown)
-        self.watchdog.daemon = True
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def __enter__(self) -> "_Server":
-        self.thread.start()
-        self.watchdog.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.watchdog.cancel()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+from local_server import refused_url
 
 
 @pytest.fixture
-def server():
-    with _Server() as s:
-        yield s
+def server(local_server):
+    return local_server
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDSR_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("EDSR_OFFLINE", raising=False)
-    return tmp_path / "home" / "weights"
+def home(edsr_home):
+    return edsr_home / "weights"
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +115,7 @@ def test_good_file_downloads_verifies_and_loads(server, home, checkpoint, capsys
     assert _files(home) == sorted([e.filename, e.filename + ".sha256.json"])
     assert "test_x2-" in capsys.readouterr().err  # the progress bar names the file
     # Cached now: no second request, and the marker spares hashing the file again.
-    assert download_weights(e) == path and server.requests == ["/good.pt"]
+    assert download_weights(e) == path and server.paths == ["/good.pt"]
     assert is_cached(e)
     model = load_weights(e, scale=2)
     assert isinstance(model, EDSR) and _same_outputs(model, ref)
@@ -192,14 +129,14 @@ def test_full_hash_and_registry_name_through_load_model(server, home, checkpoint
     model = load_model("test-edsr-baseline-x2", device="cpu", progress=False)
     assert _same_outputs(model, ref)
     assert main(["weights", "download", "test-edsr-baseline-x2", "--quiet"]) == 0
-    assert server.requests == ["/good.pt"]
+    assert server.paths == ["/good.pt"]
     with pytest.raises(
         EdsrError, match="test-edsr-baseline-x2 is an x2 model; it cannot upscale x3"
     ):
         load_model("test-edsr-baseline-x2", scale=3, device="cpu")
     out = home.parent / "by-name.safetensors"
     assert main(["weights", "import", "test-edsr-baseline-x2", "-o", str(out), "--quiet"]) == 0
-    assert _same_outputs(load_model(out), ref) and server.requests == ["/good.pt"]
+    assert _same_outputs(load_model(out), ref) and server.paths == ["/good.pt"]
 
 
 def test_registry_res_scale_is_applied_to_an_official_layout_file(server, home, monkeypatch):
@@ -253,7 +190,7 @@ def test_404_then_mirror_succeeds(server, home, checkpoint):
     server.routes["/mirror/good.pt"] = ("ok", body)
     e = _entry([server.url("/gone.pt"), server.url("/mirror/good.pt")], body)
     path = download_weights(e, progress=False)
-    assert server.requests == ["/gone.pt", "/mirror/good.pt"]
+    assert server.paths == ["/gone.pt", "/mirror/good.pt"]
     assert sha256_file(path) == hashlib.sha256(body).hexdigest()
     assert _same_outputs(load_weights(e, progress=False), ref)
 
@@ -272,25 +209,18 @@ def test_every_failure_kind_falls_through_to_the_next_address(server, home, chec
     order = ["/500.pt", "/cut.pt", "/bad.pt", "/stall.pt", "/good.pt"]
     e = _entry([server.url(p) for p in order], body)
     assert download_weights(e, progress=False, timeout=0.3).read_bytes() == body
-    assert server.requests == order
+    assert server.paths == order
     assert _files(home) == sorted([e.filename, e.filename + ".sha256.json"])
     stalled = _entry([server.url("/stall.pt")], body, filename="other.pt")
     with pytest.raises(EdsrError, match=r"stall.pt \(timed out\)"):
         download_weights(stalled, progress=False, timeout=0.3)
 
 
-def _refused_url(path: str) -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"  # nothing listens there any more
-
-
 def test_server_down_gives_one_clear_line_with_addresses_and_path(
     home, checkpoint, capsys, monkeypatch
 ):
     body, _ = checkpoint
-    urls = [_refused_url("/a.pt"), _refused_url("/b.pt")]
+    urls = [refused_url("/a.pt"), refused_url("/b.pt")]
     e = _entry(urls, body)
     with pytest.raises(EdsrError) as info:
         download_weights(e, progress=False)
@@ -307,7 +237,7 @@ def test_server_down_gives_one_clear_line_with_addresses_and_path(
 
 def test_manual_placement_works_offline(home, checkpoint, monkeypatch):
     body, ref = checkpoint
-    e = _entry([_refused_url("/never.pt")], body)
+    e = _entry([refused_url("/never.pt")], body)
     monkeypatch.setenv("EDSR_OFFLINE", "1")
     with pytest.raises(EdsrError, match="EDSR_OFFLINE"):
         download_weights(e)
@@ -326,12 +256,12 @@ def test_damaged_cached_file_is_not_trusted(server, home, checkpoint):
     path.write_bytes(b"\0" * len(body))
     assert verify_file(path, e) is None and not is_cached(e)
     assert download_weights(e, progress=False).read_bytes() == body
-    assert server.requests == ["/good.pt", "/good.pt"]
+    assert server.paths == ["/good.pt", "/good.pt"]
 
 
 def test_wrong_file_in_cache_is_reported_when_download_fails(home, checkpoint):
     body, _ = checkpoint
-    e = _entry([_refused_url("/x.pt")], body)
+    e = _entry([refused_url("/x.pt")], body)
     home.mkdir(parents=True)
     (home / e.filename).write_bytes(b"not the weights")
     with pytest.raises(EdsrError, match="already there does not match"):

@@ -42,9 +42,8 @@ def small() -> MDSR:
 
 
 @pytest.fixture()
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("EDSR_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+def home(edsr_home: Path) -> Path:
+    return edsr_home
 
 
 def _flags(monkeypatch: pytest.MonkeyPatch, *flags: str) -> None:

@@ -5,7 +5,6 @@ import dataclasses
 import errno
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ from conftest import DATA, crop_set
 from edsr import EdsrError, build_model, save_model
 from edsr.training.config import TrainConfig, read_toml, resolve, to_toml
 from edsr.training.loop import learning_rate, train
+from local_server import torchrun_cmd
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now: the kernel's pick for port 0 on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Runs the CLI in a child that SIGKILLs itself right after the checkpoint of step KILL_AT is on
@@ -163,21 +156,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     cli("train", *flags(one))
     two = tiny_cfg(tmp_path / "two", iters=3, batch_size=8)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "edsr",
-            "train",
-            *flags(two),
-        ],
+        torchrun_cmd("train", *flags(two)),
         capture_output=True,
         text=True,
         env=ENV,
