@@ -350,3 +350,20 @@ def test_a_warning_is_one_line_for_the_user(tmp_path, x2_model, capsys):
     assert lines == [
         "edsr: warning: " + f"{tmp_path / 'anim.gif'}: animated GIF with 3 frames; using the first"
     ]
+
+
+def test_help_shows_the_real_defaults_and_that_names_work(capsys):
+    # Issue 13.3: the defaults a run really gets, from TrainConfig, not an empty help.
+    from edsr.training.config import TrainConfig
+
+    d = TrainConfig()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"total iterations (default {d.iters})" in text
+    assert f"save a checkpoint every N iterations (default {d.checkpoint_every})" in text
+    assert f"validate every N iterations (default {d.val_every})" in text
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "or a name from 'edsr weights list'" in text

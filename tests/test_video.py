@@ -150,6 +150,10 @@ def test_cli_video(tmp_path, clip, model, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert len(probe(dst)["frames"]) == 2
+    # Issue 13.3: the summary names what was written: a video, not "1 image(s)".
+    dst.unlink()
+    code = main(["upscale", str(clip), "-o", str(dst), "--model", str(ckpt), "--frames", "1"])
+    assert code == 0 and capsys.readouterr().out.strip().endswith(f"wrote 1 video to {dst}")
 
 
 def test_io_video_takes_a_frame_callback_and_knows_no_model(tmp_path, clip):

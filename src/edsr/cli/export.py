@@ -1,0 +1,73 @@
+"""`edsr export`: ONNX, TorchScript or safetensors, checked before it is put in place."""
+
+from __future__ import annotations
+
+import argparse
+
+from edsr.cli.common import (
+    RES_SCALE_HELP,
+    positive_int,
+)
+from edsr.export import EXPORT_PRECISIONS, FORMATS
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX, TorchScript or safetensors",
+        description="Export a model for other runtimes. ONNX and TorchScript graphs take a "
+        "float32 NCHW RGB image in 0..255 of any height and width and hold ONE scale each: an "
+        "MDSR model with several scales needs --scale (export each scale to its own file). "
+        "safetensors keeps all of an MDSR's scales unless --scale picks one. The export is "
+        "checked against PyTorch on a fresh image size before it is put in place (ONNX only "
+        "when onnxruntime is installed); a failed export leaves no file.",
+    )
+    p.add_argument(
+        "model",
+        help="checkpoint file (.pt, .pth or .safetensors) or a name from 'edsr weights list'",
+    )
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument(
+        "--scale",
+        type=positive_int,
+        help="the scale to export (required for ONNX/TorchScript of a multi-scale MDSR)",
+    )
+    p.add_argument("--res-scale", type=float, help=RES_SCALE_HELP)
+    p.add_argument(
+        "--precision",
+        choices=EXPORT_PRECISIONS,
+        default="fp32",
+        help="int8 (ONNX only): onnxruntime's static int8 graph, calibrated once per weights",
+    )
+    p.add_argument(
+        "--calibrate",
+        metavar="DIR",
+        help="int8: measure activation ranges on these images (the model's training images, "
+        "never ones you evaluate on); stored for later int8 runs",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from edsr.export import export_model
+    from edsr.weights import load_model
+
+    model = load_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
+    done = export_model(
+        model,
+        args.output,
+        args.format,
+        scale=args.scale,
+        overwrite=args.overwrite,
+        precision=args.precision,
+        calibrate=args.calibrate,
+    )
+    if done.max_diff is None:
+        check = "not checked: onnxruntime is not installed"
+    else:
+        check = f"{args.precision}, max |diff| vs PyTorch fp32 {done.max_diff:.1e}"
+    scales = "/".join(f"x{s}" for s in done.scales)
+    print(f"wrote {done.path} ({args.format}, {scales}; {check})")
+    return 0

@@ -1,0 +1,94 @@
+"""`edsr serve`: the web page and HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+
+from edsr.cli.common import (
+    DEVICE_HELP,
+    positive_int,
+)
+from edsr.errors import EdsrError
+from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="web page and HTTP API for upscaling",
+        description="Serve a web page (drag and drop, before/after slider) and an HTTP API "
+        "(POST /v1/upscale, GET /v1/models, GET /healthz). Models are loaded once and shared; "
+        "at most --workers images are upscaled at once and --queue more wait, the rest get 503.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="checkpoint file or weights name; repeat or comma-separate to serve several "
+        "(default: the bundled model)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (default 20)")
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=4_000_000,
+        help="largest input image (default 4000000)",
+    )
+    p.add_argument(
+        "--workers", type=positive_int, default=1, help="images upscaled at once (default 1)"
+    )
+    p.add_argument(
+        "--queue", type=int, default=4, help="requests that may wait for a worker (default 4)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds a request may take (default 300)"
+    )
+    p.add_argument(
+        "--max-memory", help="tile working memory per worker, e.g. 2GiB (default: automatic)"
+    )
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="prepare the models for this precision (as upscale's --precision; default: "
+        "the plain fp32 model)",
+    )
+    p.add_argument(
+        "--tmp-dir", help="where the server's temporary folder goes (default: system temp)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no access log")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from edsr.serve import ServeConfig, serve
+    except ImportError as e:
+        raise EdsrError(
+            f"edsr serve needs the 'serve' extra: pip install 'edsr[serve]' (missing: {e.name})"
+        ) from None
+    if not 0 <= args.port <= 65535:
+        raise EdsrError(f"--port must be 0 to 65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise EdsrError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    config = ServeConfig(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+        queue=args.queue,
+        timeout=args.timeout,
+        max_memory=args.max_memory,
+        tmp_dir=args.tmp_dir,
+    )
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        config=config,
+        device=args.device,
+        access_log=not args.quiet,
+        precision=args.precision,
+    )
+    return 0

@@ -1,0 +1,133 @@
+"""`edsr upscale`: image files, folders or one video, under torchrun too."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edsr.cli.common import (
+    DEVICE_HELP,
+    MODEL_HELP,
+    RES_SCALE_HELP,
+    positive_int,
+    say_to_stderr,
+)
+from edsr.errors import EdsrError
+from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
+from edsr.inference.precision import explain_precision
+
+
+def add_upscale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "upscale", help="upscale images", description="Upscale image files, folders or a video."
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files or directories (searched recursively), or one video file",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="output directory, or a file name for one input"
+    )
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument(
+        "--scale",
+        type=positive_int,
+        help="upscaling factor (default: the model's only scale, else x4)",
+    )
+    p.add_argument("--res-scale", type=float, help=RES_SCALE_HELP)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave inputs whose output exists alone (resume a folder where it stopped)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="print the precision path chosen, and why"
+    )
+    p.add_argument(
+        "--tile",
+        type=positive_int,
+        help="tiles of N LR pixels (incl. context); default: as large as --max-memory allows",
+    )
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory for the model's work, e.g. 2GB, 512MiB "
+        "(default: half the free RAM, 80%% of a GPU's)",
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="self-ensemble (EDSR+/MDSR+): mean of 8 flips/rotations, 8x slower",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="compute precision (default auto: the fastest path that keeps the quality on "
+        "this device: int8 on CPUs with VNNI/AMX for models measured to keep it, else bf16 on "
+        "GPUs and CPUs with AMX or AVX-512 BF16, else fp32; -v prints the choice)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="use torch.compile: about a minute to start; for GPUs and long runs",
+    )
+    p.add_argument(
+        "--frames", type=positive_int, help="videos: upscale only the first N frames (a preview)"
+    )
+    p.set_defaults(func=_run_upscale)
+
+
+def _run_upscale(args: argparse.Namespace) -> int:
+    from edsr.inference import upscale_files
+    from edsr.inference.distributed import process_group
+    from edsr.weights import load_model
+
+    # Under torchrun each rank upscales its share; rank 0 prints for all and its exit status
+    # is the command's (torchrun fails the command when one rank does).
+    with process_group() as ranks:
+        try:
+            model = ranks.check(
+                lambda: load_model(
+                    args.model,
+                    scale=args.scale,
+                    res_scale=args.res_scale,
+                    device=ranks.device(args.device),
+                ),
+                main_first=True,  # a download into the cache happens once
+            )
+            if args.verbose and ranks.main:
+                print(explain_precision(model, args.precision, ranks.device(args.device)))
+            result = upscale_files(
+                args.inputs,
+                args.output,
+                model,
+                args.scale,
+                overwrite=args.overwrite,
+                skip_existing=args.skip_existing,
+                progress=not args.quiet,
+                tile=args.tile,
+                max_memory=args.max_memory,
+                ensemble=args.ensemble,
+                precision=args.precision,
+                compile=args.compile,
+                frames=args.frames,
+                say=say_to_stderr(args.quiet),
+                ranks=ranks,
+            )
+        except EdsrError:
+            if ranks.main:
+                raise
+            return 0
+        if not ranks.main:
+            return 0
+    for path, reason in result.failed:
+        where = "" if str(path) in reason else f"{path}: "
+        print(f"edsr: skipped {where}{reason}", file=sys.stderr)
+    if not args.quiet or not result.ok:
+        print(result.summary(args.output))
+    return 0 if result.ok else 1
