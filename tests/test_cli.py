@@ -367,3 +367,28 @@ def test_help_shows_the_real_defaults_and_that_names_work(capsys):
         main(["export", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "or a name from 'edsr weights list'" in text
+
+
+@pytest.mark.slow
+def test_sigterm_during_upscale_exits_143_and_leaves_no_temporary(tmp_path, x2_model):
+    # Issue 13.7: `timeout` and `docker stop` send SIGTERM; it is handled like Ctrl-C.
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edsr", "upscale", str(tmp_path / "a.png"), "-o",
+         str(tmp_path / "out"), "--model", str(x2_model), "--tile", "64"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "tile" not in seen and time.monotonic() < deadline:  # the tile bar has started
+        seen += proc.stderr.read(1)
+    proc.send_signal(signal.SIGTERM)
+    err = seen + proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143 and "edsr: terminated" in err
+    out = tmp_path / "out"
+    assert not out.exists() or [p.name for p in out.iterdir()] == []
