@@ -129,6 +129,8 @@ def metrics_table(e: WeightsEntry) -> str:
                 else f"{m.psnr:.2f}"
             )
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    if any("| - |" in line or line.endswith("| - |") for line in lines):
+        lines += ["", "`-`: not measured yet (a self-ensemble pass costs 8 plain ones)."]
     t = e.training
     assert t is not None
     lines += [
