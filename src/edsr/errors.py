@@ -20,3 +20,17 @@ class ImageError(EdsrError):
 
 class Cancelled(Exception):
     """Work stopped because its caller asked (``should_stop``): a server's timeout or shutdown."""
+
+
+def one_line(error: object, limit: int = 200) -> str:
+    """An exception (or a text) as one short line for a message a user reads.
+
+    An OS error gives its reason (``strerror``) without the file name, which the message names
+    itself; other errors their first non-empty line with whitespace collapsed (a library's later
+    lines are advice for its own developers); an empty error its type's name.
+    """
+    text = str(getattr(error, "strerror", None) or error)
+    first = next((" ".join(line.split()) for line in text.splitlines() if line.strip()), "")
+    if not first and isinstance(error, BaseException):
+        first = type(error).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."

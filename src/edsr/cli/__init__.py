@@ -17,7 +17,7 @@ from typing import TextIO
 
 from edsr.cli import data, demo, evaluate, export, serve, train, upscale, weights
 from edsr.cli.common import Parser
-from edsr.errors import EdsrError
+from edsr.errors import EdsrError, one_line
 from edsr.version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("EDSR_DEBUG"):
             raise
         print(
-            f"edsr: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            f"edsr: internal error: {type(e).__name__}: {one_line(e)} "
             "(run with EDSR_DEBUG=1 for the traceback and please report it)",
             file=sys.stderr,
         )

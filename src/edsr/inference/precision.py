@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from edsr.errors import EdsrError
+from edsr.errors import EdsrError, one_line
 from edsr.inference.fused import fused_forward, fused_kernels_available
 from edsr.inference.quantize import Int8Engine, int8_engine, int8_meets_bar
 from edsr.models import SRModel
@@ -221,9 +221,8 @@ class InferenceModel(nn.Module):
             try:
                 return self._compiled(x, scale).float()
             except Exception as e:  # noqa: BLE001 - any compiler failure: eager gives the same result
-                first = str(e).splitlines()[0] if str(e) else ""
                 warnings.warn(
-                    f"torch.compile failed ({type(e).__name__}: {first}); running without it",
+                    f"torch.compile failed ({type(e).__name__}: {one_line(e)}); running without it",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from edsr.errors import EdsrError
+from edsr.errors import EdsrError, one_line
 
 __all__ = [
     "STALE_TEMP_AGE",
@@ -63,8 +63,7 @@ def _write_error(dest: Path, e: OSError) -> EdsrError:
         return EdsrError(f"cannot write {dest}: permission denied; write to a folder you own")
     if e.errno == errno.EROFS:
         return EdsrError(f"cannot write {dest}: the file system is read-only; write elsewhere")
-    reason = " ".join(str(e.strerror or e).split())
-    return EdsrError(f"cannot write {dest}: {reason}")
+    return EdsrError(f"cannot write {dest}: {one_line(e)}")
 
 
 def check_writable(dest: str | os.PathLike[str], *, overwrite: bool) -> None:

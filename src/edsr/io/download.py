@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edsr.errors import one_line
 from edsr.io.atomic import atomic_write
 
 __all__ = [
@@ -123,8 +124,7 @@ def reason(exc: BaseException) -> str:
         return "host not found"
     if isinstance(exc, http.client.IncompleteRead):
         return f"connection closed after {len(exc.partial)} more bytes (truncated)"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0][:120]
+    return one_line(exc, limit=120)
 
 
 def _say(progress: bool) -> Callable[[str], None]:

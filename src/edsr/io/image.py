@@ -28,7 +28,7 @@ import numpy as np
 import PIL.Image
 from PIL import ImageOps, UnidentifiedImageError
 
-from edsr.errors import EdsrError, ImageError
+from edsr.errors import EdsrError, ImageError, one_line
 from edsr.io.atomic import atomic_write_stream
 from edsr.io.png import PNG_MAX_SIDE, PngError, encode_png, parse_png, peek_header
 
@@ -182,7 +182,7 @@ def read_image(
     except PermissionError:
         raise ImageError(f"{label}: permission denied; check the file's permissions") from None
     except OSError as e:
-        raise ImageError(f"{label}: cannot access the file ({_oneline(e.strerror)})") from None
+        raise ImageError(f"{label}: cannot access the file ({one_line(e.strerror)})") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{label}: is a directory, not an image; pass an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -201,7 +201,7 @@ def read_image(
         raise ImageError(f"{label}: permission denied; check the file's permissions") from None
     except OSError as e:
         # Only the file system gets here: Pillow's OSErrors are turned into ImageError below.
-        raise ImageError(f"{label}: cannot read the file ({_oneline(e.strerror or e)})") from None
+        raise ImageError(f"{label}: cannot read the file ({one_line(e.strerror or e)})") from None
 
 
 def _read_bytes(data: bytes, label: str) -> Image:
@@ -267,7 +267,7 @@ def _read_with_pillow(f: BinaryIO, p: str) -> Image:
             raise _bomb_error(p, int(m.group(1)) if m else None) from None
         except _DECODE_ERRORS as e:
             raise ImageError(
-                f"{p}: file is truncated or corrupt ({_oneline(e)}); re-export or re-download it"
+                f"{p}: file is truncated or corrupt ({one_line(e)}); re-export or re-download it"
             ) from None
     if frames > 1:
         warnings.warn(f"{p}: {first_frame_note(im.format or '', frames)}", UserWarning, 2)
@@ -353,10 +353,6 @@ def _gray16_with_key(gray: np.ndarray, key: object) -> Image:
     if not isinstance(key, int):
         return Image(pixels)
     return Image(pixels, np.where(gray == key, 0, 65535).astype(np.uint16))
-
-
-def _oneline(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,7 +661,7 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         except FileNotFoundError:
             raise ImageError(f"{p}: no such file or directory; check the path") from None
         except OSError as e:
-            raise ImageError(f"{p}: cannot access it ({_oneline(e.strerror or e)})") from None
+            raise ImageError(f"{p}: cannot access it ({one_line(e.strerror or e)})") from None
         if not stat.S_ISDIR(st.st_mode):
             found.append(p)
             continue
@@ -686,7 +682,7 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 def _scan_dir(root: Path) -> list[Path]:
     def fail(e: OSError) -> None:
         where = e.filename or root
-        raise ImageError(f"{where}: cannot read directory ({_oneline(e.strerror or e)})")
+        raise ImageError(f"{where}: cannot read directory ({one_line(e.strerror or e)})")
 
     images = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=fail):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edsr.errors import EdsrError
+from edsr.errors import EdsrError, one_line
 from edsr.io.atomic import atomic_write, check_writable
 
 #: Suffixes treated as videos.
@@ -59,9 +59,8 @@ def _av() -> Any:
 
 
 def _msg(e: Exception) -> str:
-    # FFmpeg errors name our temporary file; the reason alone is what a user can act on.
-    text = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-    return str(text).strip()
+    # FFmpeg errors name our temporary file; the reason alone (strerror) is what a user can act on.
+    return one_line(e)
 
 
 def _open_input(av: Any, src: Path) -> Any:

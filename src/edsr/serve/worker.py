@@ -20,7 +20,7 @@ from typing import BinaryIO, cast
 import numpy as np
 import PIL.Image
 
-from edsr.errors import EdsrError
+from edsr.errors import EdsrError, one_line
 from edsr.inference import Model, upscale
 from edsr.io.image import (
     IMAGE_EXTENSIONS,
@@ -96,7 +96,7 @@ def inspect(upload: BinaryIO, max_pixels: int) -> Header:
     except PIL.Image.DecompressionBombError:
         raise ImageRejected(_too_many_pixels(None, max_pixels)) from None
     except Exception as e:  # a damaged header; Pillow raises many types
-        raise ImageRejected(f"the image is corrupt ({_oneline(e)})") from None
+        raise ImageRejected(f"the image is corrupt ({one_line(e)})") from None
     finally:
         upload.seek(0)
     if fmt not in PILLOW_FORMATS:
@@ -198,10 +198,6 @@ def _bicubic(pixels: np.ndarray, scale: int) -> np.ndarray:
         return imresize_np(pixels, scale)
     out = imresize_np(pixels.astype(np.float32), scale)
     return np.clip(np.round(out), 0, 65535).astype(np.uint16)
-
-
-def _oneline(e: object) -> str:
-    return " ".join(str(e).split())[:200]
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from edsr.errors import CheckpointError
+from edsr.errors import CheckpointError, one_line
 from edsr.io.atomic import atomic_open
 from edsr.models import SRModel, model_from_config
 from edsr.weights.convert import StateDict, normalize_state_dict
@@ -84,7 +84,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, di
             f"cannot read checkpoint {path}: not a PyTorch or safetensors file"
         ) from None
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for damaged files
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        msg = one_line(e, limit=160)
         raise CheckpointError(
             f"cannot read checkpoint {path}: not a PyTorch or safetensors file, or truncated "
             f"({msg})"
