@@ -1,5 +1,5 @@
 """A folder with no image in it is an error wherever a folder is read, in one wording from
-one place (`edsr.io.image.no_images_error`): it names the folder and every layout tried."""
+one place (`edsr.io.datasets.no_images_error`): it names the folder and every layout tried."""
 
 from __future__ import annotations
 

@@ -16,11 +16,11 @@ import pytest
 
 from edsr.errors import EdsrError, ImageError
 from edsr.io import image as imageio
+from edsr.io.datasets import find_images
 from edsr.io.image import (
     IMAGE_EXTENSIONS,
     OUTPUT_EXTENSIONS,
     Image,
-    find_images,
     max_side,
     read_image,
     to_8bit,
@@ -510,7 +510,7 @@ def test_write_png_rejects_bad_arrays(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# find_images
+# find_images (edsr.io.datasets: scanning folders for images)
 # ------------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,8 @@ from edsr.inference.memory import format_bytes, host_available_memory
 from edsr.inference.precision import prepare_model
 from edsr.inference.tiling import OnTile, ShouldStop
 from edsr.io.atomic import atomic_open, check_folder_writable, check_writable, remove_stale_temps
-from edsr.io.image import OUTPUT_EXTENSIONS, find_images, max_side, read_image, write_image
+from edsr.io.datasets import find_images
+from edsr.io.image import OUTPUT_EXTENSIONS, max_side, read_image, write_image
 from edsr.io.png import PngStripWriter
 from edsr.io.video import VIDEO_EXTENSIONS
 

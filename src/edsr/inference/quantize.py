@@ -40,7 +40,8 @@ from torch import nn
 from edsr.errors import EdsrError, ImageError
 from edsr.io.atomic import atomic_write
 from edsr.io.cache import edsr_home
-from edsr.io.image import find_images, read_image, to_8bit
+from edsr.io.datasets import find_images
+from edsr.io.image import read_image, to_8bit
 from edsr.models import SRModel
 from edsr.resize import imresize
 

@@ -1,4 +1,5 @@
-"""Data set folders: the one place that knows the layouts evaluation and training read.
+"""Folders of images: the one place that knows the layouts evaluation and training read, and
+how any folder is scanned for images (``find_images``, for upscaling too).
 
 - benchmark: ``Set5/HR/*.png`` with optional ``Set5/LR_bicubic/X{s}/{stem}x{s}.png``;
 - DIV2K: ``DIV2K_{split}_HR/`` beside ``DIV2K_{split}_LR_bicubic/X{s}/``;
@@ -8,12 +9,14 @@
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edsr.errors import EdsrError, ImageError
-from edsr.io.image import FLAT_LAYOUT, IMAGE_EXTENSIONS, find_images, no_images_error
+from edsr.errors import EdsrError, ImageError, one_line
+from edsr.io.image import IMAGE_EXTENSIONS
 
 Layout = Literal["benchmark", "div2k", "folder"]
 
@@ -94,3 +97,68 @@ def find_dataset(
         ]
         raise no_images_error(root, what, layouts)
     return DataSet(name, kind, files, lr if lr is not None and lr.is_dir() else None)
+
+
+#: How :func:`find_images` reads a folder, in the words of :func:`no_images_error`.
+FLAT_LAYOUT = "image files in it or its subfolders"
+
+
+def no_images_error(
+    folder: str | os.PathLike[str], what: str, layouts: Sequence[str]
+) -> ImageError:
+    """The one error for a folder in which no image was found, wherever a folder is read
+    (train, validation, eval, upscale): it names the folder and every layout tried."""
+    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+    tried = "; ".join(layouts)
+    return ImageError(
+        f"no images in {what} directory {folder}: tried {tried} (suffixes: {exts}); check the path"
+    )
+
+
+def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files and directories into a list of image files.
+
+    Directories are scanned recursively for files whose suffix (any case) is in
+    IMAGE_EXTENSIONS, skipping hidden files and directories; each directory's result is sorted.
+    Files named explicitly are kept whatever their suffix. Duplicates are dropped, keeping the
+    first occurrence.
+    """
+    found: list[Path] = []
+    for item in paths:
+        p = Path(item)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise ImageError(f"{p}: no such file or directory; check the path") from None
+        except OSError as e:
+            raise ImageError(f"{p}: cannot access it ({one_line(e.strerror or e)})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            found.append(p)
+            continue
+        images = _scan_dir(p)
+        if not images:
+            raise no_images_error(p, "input", [FLAT_LAYOUT])
+        found.extend(images)
+    seen: set[str] = set()
+    unique = []
+    for p in found:
+        key = os.path.normcase(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _scan_dir(root: Path) -> list[Path]:
+    def fail(e: OSError) -> None:
+        where = e.filename or root
+        raise ImageError(f"{where}: cannot read directory ({one_line(e.strerror or e)})")
+
+    images = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden dirs
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                images.append(Path(dirpath, name))
+    # Sort on path components so the order is the same whatever os.walk returned.
+    return sorted(images, key=lambda q: q.relative_to(root).parts)

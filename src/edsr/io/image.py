@@ -19,7 +19,7 @@ import re
 import stat
 import struct
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast, overload
@@ -33,17 +33,14 @@ from edsr.io.atomic import atomic_write_stream
 from edsr.io.png import PNG_MAX_SIDE, PngError, encode_png, parse_png, peek_header
 
 __all__ = [
-    "FLAT_LAYOUT",
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS_ENV",
     "OUTPUT_EXTENSIONS",
     "PILLOW_FORMATS",
     "Image",
-    "find_images",
     "first_frame_note",
     "frame_count",
     "max_side",
-    "no_images_error",
     "read_image",
     "to_8bit",
     "write_image",
@@ -622,73 +619,3 @@ def _pil_from_samples(samples: np.ndarray) -> PIL.Image.Image:
     # fromarray picks L / LA / RGB / RGBA from the channel count of a uint8 array.
     s = samples[:, :, 0] if samples.shape[2] == 1 else samples
     return PIL.Image.fromarray(np.ascontiguousarray(s))
-
-
-# --------------------------------------------------------------------------------------------
-# Finding inputs
-# --------------------------------------------------------------------------------------------
-
-
-#: How :func:`find_images` reads a folder, in the words of :func:`no_images_error`.
-FLAT_LAYOUT = "image files in it or its subfolders"
-
-
-def no_images_error(
-    folder: str | os.PathLike[str], what: str, layouts: Sequence[str]
-) -> ImageError:
-    """The one error for a folder in which no image was found, wherever a folder is read
-    (train, validation, eval, upscale): it names the folder and every layout tried."""
-    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-    tried = "; ".join(layouts)
-    return ImageError(
-        f"no images in {what} directory {folder}: tried {tried} (suffixes: {exts}); check the path"
-    )
-
-
-def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and directories into a list of image files.
-
-    Directories are scanned recursively for files whose suffix (any case) is in
-    IMAGE_EXTENSIONS, skipping hidden files and directories; each directory's result is sorted.
-    Files named explicitly are kept whatever their suffix. Duplicates are dropped, keeping the
-    first occurrence.
-    """
-    found: list[Path] = []
-    for item in paths:
-        p = Path(item)
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            raise ImageError(f"{p}: no such file or directory; check the path") from None
-        except OSError as e:
-            raise ImageError(f"{p}: cannot access it ({one_line(e.strerror or e)})") from None
-        if not stat.S_ISDIR(st.st_mode):
-            found.append(p)
-            continue
-        images = _scan_dir(p)
-        if not images:
-            raise no_images_error(p, "input", [FLAT_LAYOUT])
-        found.extend(images)
-    seen: set[str] = set()
-    unique = []
-    for p in found:
-        key = os.path.normcase(os.path.abspath(p))
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
-
-
-def _scan_dir(root: Path) -> list[Path]:
-    def fail(e: OSError) -> None:
-        where = e.filename or root
-        raise ImageError(f"{where}: cannot read directory ({one_line(e.strerror or e)})")
-
-    images = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden dirs
-        for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                images.append(Path(dirpath, name))
-    # Sort on path components so the order is the same whatever os.walk returned.
-    return sorted(images, key=lambda q: q.relative_to(root).parts)
