@@ -341,6 +341,8 @@ def test_the_bundled_default_ships_verified_and_beats_bicubic():
             assert plus is not None and plus.psnr > plain.psnr
     for s, bicubic in BICUBIC_SET5.items():
         assert e.metric("Set5", s).psnr > bicubic + 1.5
+    # Urban100 is measured plain (its self-ensemble, 8 passes, is not yet).
+    assert all(e.metric("Urban100", s) is not None for s in (2, 3, 4))
 
 
 # SRCNN's Set5 row (Y, shave = scale; Dong et al. 2016, as the EDSR and VDSR papers quote it):
