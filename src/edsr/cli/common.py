@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+
+from edsr.errors import EdsrError
+
+if TYPE_CHECKING:
+    from edsr.inference.distributed import Ranks
+
+T = TypeVar("T")
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,3 +49,21 @@ def say_to_stderr(quiet: bool) -> Callable[[str], None]:
             print(line, file=sys.stderr)
 
     return say
+
+
+def on_ranks(work: Callable[[Ranks], T]) -> T | None:
+    """Run a command's work under torchrun's process group (in place without torchrun).
+
+    Rank 0 speaks for all: it gets the result, and an error to report; the other ranks get None
+    and stay quiet, so a summary or an error line is printed once.
+    """
+    from edsr.inference.distributed import process_group
+
+    with process_group() as ranks:
+        try:
+            result = work(ranks)
+        except EdsrError:
+            if ranks.main:
+                raise
+            return None
+        return result if ranks.main else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from edsr.cli.common import (
     DEVICE_HELP,
     RES_SCALE_HELP,
+    on_ranks,
     positive_int,
 )
 from edsr.errors import EdsrError
@@ -73,49 +74,45 @@ def _run_eval(args: argparse.Namespace) -> int:
     import json
 
     from edsr.evaluate import BICUBIC, evaluate, format_table
-    from edsr.inference.distributed import process_group
+    from edsr.inference.distributed import Ranks
     from edsr.io.atomic import atomic_write, check_writable
     from edsr.models import SRModel
     from edsr.weights import load_model
 
     if args.shave is not None and args.shave < 0:
         raise EdsrError(f"--shave must be 0 or more, got {args.shave}")
+
     # Under torchrun each rank scores its share of the images; rank 0 prints the table and
     # writes --json for all, and its exit status is the command's.
-    with process_group() as ranks:
-        try:
-            if args.json_path:
-                ranks.from_main(
-                    lambda: check_writable(Path(args.json_path), overwrite=args.overwrite)
-                )
-            model: SRModel | str = BICUBIC
-            if args.model != BICUBIC:
-                model = ranks.check(
-                    lambda: load_model(
-                        args.model, res_scale=args.res_scale, device=ranks.device(args.device)
-                    ),
-                    main_first=True,  # a download into the cache happens once
-                )
-            report = evaluate(
-                model,
-                args.data,
-                args.scale,
-                y_channel=args.y_channel,
-                shave=args.shave,
-                gray_as_rgb=args.gray_as_rgb,
-                save_images=args.save_images,
-                overwrite=args.overwrite,
-                self_ensemble=args.self_ensemble,
-                progress=not args.quiet,
-                ranks=ranks,
-                precision=args.precision,
+    def work(ranks: Ranks) -> dict:
+        if args.json_path:
+            ranks.from_main(lambda: check_writable(Path(args.json_path), overwrite=args.overwrite))
+        model: SRModel | str = BICUBIC
+        if args.model != BICUBIC:
+            model = ranks.check(
+                lambda: load_model(
+                    args.model, res_scale=args.res_scale, device=ranks.device(args.device)
+                ),
+                main_first=True,  # a download into the cache happens once
             )
-        except EdsrError:
-            if ranks.main:
-                raise
-            return 0
-        if not ranks.main:
-            return 0
+        return evaluate(
+            model,
+            args.data,
+            args.scale,
+            y_channel=args.y_channel,
+            shave=args.shave,
+            gray_as_rgb=args.gray_as_rgb,
+            save_images=args.save_images,
+            overwrite=args.overwrite,
+            self_ensemble=args.self_ensemble,
+            progress=not args.quiet,
+            ranks=ranks,
+            precision=args.precision,
+        )
+
+    report = on_ranks(work)
+    if report is None:
+        return 0
     print(format_table(report))
     if args.json_path:
         with atomic_write(args.json_path, overwrite=args.overwrite) as tmp:

@@ -9,10 +9,10 @@ from edsr.cli.common import (
     DEVICE_HELP,
     MODEL_HELP,
     RES_SCALE_HELP,
+    on_ranks,
     positive_int,
     say_to_stderr,
 )
-from edsr.errors import EdsrError
 from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
 from edsr.inference.precision import explain_precision
 
@@ -83,48 +83,45 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
-    from edsr.inference import upscale_files
-    from edsr.inference.distributed import process_group
+    from edsr.inference import BatchResult, upscale_files
+    from edsr.inference.distributed import Ranks
     from edsr.weights import load_model
 
     # Under torchrun each rank upscales its share; rank 0 prints for all and its exit status
     # is the command's (torchrun fails the command when one rank does).
-    with process_group() as ranks:
-        try:
-            model = ranks.check(
-                lambda: load_model(
-                    args.model,
-                    scale=args.scale,
-                    res_scale=args.res_scale,
-                    device=ranks.device(args.device),
-                ),
-                main_first=True,  # a download into the cache happens once
-            )
-            if args.verbose and ranks.main:
-                print(explain_precision(model, args.precision, ranks.device(args.device)))
-            result = upscale_files(
-                args.inputs,
-                args.output,
-                model,
-                args.scale,
-                overwrite=args.overwrite,
-                skip_existing=args.skip_existing,
-                progress=not args.quiet,
-                tile=args.tile,
-                max_memory=args.max_memory,
-                ensemble=args.ensemble,
-                precision=args.precision,
-                compile=args.compile,
-                frames=args.frames,
-                say=say_to_stderr(args.quiet),
-                ranks=ranks,
-            )
-        except EdsrError:
-            if ranks.main:
-                raise
-            return 0
-        if not ranks.main:
-            return 0
+    def work(ranks: Ranks) -> BatchResult:
+        model = ranks.check(
+            lambda: load_model(
+                args.model,
+                scale=args.scale,
+                res_scale=args.res_scale,
+                device=ranks.device(args.device),
+            ),
+            main_first=True,  # a download into the cache happens once
+        )
+        if args.verbose and ranks.main:
+            print(explain_precision(model, args.precision, ranks.device(args.device)))
+        return upscale_files(
+            args.inputs,
+            args.output,
+            model,
+            args.scale,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+            progress=not args.quiet,
+            tile=args.tile,
+            max_memory=args.max_memory,
+            ensemble=args.ensemble,
+            precision=args.precision,
+            compile=args.compile,
+            frames=args.frames,
+            say=say_to_stderr(args.quiet),
+            ranks=ranks,
+        )
+
+    result = on_ranks(work)
+    if result is None:
+        return 0
     for path, reason in result.failed:
         where = "" if str(path) in reason else f"{path}: "
         print(f"edsr: skipped {where}{reason}", file=sys.stderr)
