@@ -73,15 +73,16 @@ def resolve_precision(
     """The compute dtype for ``precision`` on ``device``, the one place ``auto`` is decided.
 
     The rule: ``auto`` is the fastest path that meets the quality bar: on a CUDA GPU bf16
-    (fp16 where bf16 is missing); on a CPU int8 where the CPU has int8 dot products (VNNI or
-    AMX) and the model's int8 was measured to meet the bar (``int8=True``), else bf16 where
-    the CPU computes bf16 natively (AMX or AVX-512 BF16), else fp32.
+    (fp16 where bf16 is missing); on a CPU bf16 where the CPU computes bf16 natively (AMX or
+    AVX-512 BF16), else int8 where it has int8 dot products (VNNI) and the model's int8 was
+    measured to meet the bar (``int8=True``), else fp32.
 
-    Measured on a 2-core EPYC with AVX-512 BF16 and VNNI (MDSR-baseline x4, 128x128, one
-    run, load average ~7): int8 0.26 s, bf16 0.36 s, fp32 0.54 s, so int8 comes first where
-    it keeps the quality. The bundled model's int8 does not (Set5 x2 -0.11 dB, 5 gray levels
-    at p99.9), so ``auto`` gives it bf16 here. Without VNNI, int8 products go through 16-bit
-    sums that can saturate, which the quality measurement did not cover: never int8 there.
+    Measured with ``benchmarks/bench_inference.py`` on a quiet 2-core EPYC with AVX-512 BF16
+    and VNNI (EDSR-baseline x4, 128x128, min of 15): fused bf16 758 GFLOP/s, onnxruntime int8
+    556 GOP/s, fused fp32 414: where bf16 is native it beats onnxruntime's int8, which
+    reaches under half of the int8 convolution's ceiling; where it is not, int8 beats fp32.
+    Without VNNI, int8 products go through 16-bit sums that can saturate, which the quality
+    measurement did not cover: never int8 there.
 
     ``int8``: None where the caller cannot run int8 at all (training), False where it can but
     the model's quality was not shown (an explicit ``int8`` is still honoured). An explicit
@@ -104,10 +105,10 @@ def resolve_precision(
     if device.type == "cuda":
         # Both halve the memory traffic on tensor cores; bf16 cannot overflow, so prefer it.
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and int8 and cpu_has_int8_dot():
-        return torch.qint8
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
+    if device.type == "cpu" and int8 and cpu_has_int8_dot():
+        return torch.qint8
     return torch.float32
 
 
@@ -133,7 +134,9 @@ def explain_precision(model: nn.Module, precision: str, device: torch.device | s
         flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"})
         flags += sorted(f for f in cpu_flags() if f.startswith("amx"))
         why += f"; CPU: {' '.join(flags) or 'flags unknown'}"
-        if precision == "auto" and cpu_has_int8_dot():
+        if precision == "auto" and cpu_has_native_bf16():
+            why += "; native bf16 outruns onnxruntime's int8"
+        elif precision == "auto" and cpu_has_int8_dot():
             ok = int8_meets_bar(model)
             why += "; int8 " + ("measured within" if ok else "not shown within") + " the bar"
     return f"precision: {name} ({why})"
