@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +29,24 @@ import numpy as np
 from edsr.inference.quantize import BAR, calibrate, find_calibration
 from edsr.io.image import read_image, to_8bit
 from edsr.weights import load_model
+from edsr.weights.entry import metrics_from_eval_json
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "edsr" / "assets"
 
 
 def _psnr_table(report: Path) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for r in json.loads(report.read_text())["results"]:
-        out.setdefault(r["dataset"], {})[str(r["scale"])] = round(r["psnr"], 4)
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for m in metrics_from_eval_json(report):
+        out[m.dataset][str(m.scale)] = m.psnr
     return out
 
 
 def _p999(a_dir: Path, b_dir: Path) -> dict[str, dict[str, float]]:
-    """99.9th percentile of |a - b| in gray levels, per data set and scale, over all pixels."""
-    out: dict[str, dict[str, float]] = {}
+    """99.9th percentile of |a - b| in gray levels, per data set and scale, over all pixels.
+
+    Both folders are ``edsr eval --save-images`` trees: ``<data set>/x<scale>/<image>.png``.
+    """
+    diffs: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
     for a_file in sorted(a_dir.glob("*/x*/*.png")):
         rel = a_file.relative_to(a_dir)
         b_file = b_dir / rel
@@ -50,13 +54,11 @@ def _p999(a_dir: Path, b_dir: Path) -> dict[str, dict[str, float]]:
             raise SystemExit(f"{b_file} is missing: evaluate both precisions on the same images")
         a = to_8bit(read_image(a_file).pixels).astype(np.int16)
         b = to_8bit(read_image(b_file).pixels).astype(np.int16)
-        out.setdefault(rel.parts[0], {}).setdefault(rel.parts[1][1:], []).append(  # type: ignore[arg-type]
-            np.abs(a - b).ravel()
-        )
-    return {
-        ds: {s: float(np.percentile(np.concatenate(d), 99.9)) for s, d in per.items()}  # type: ignore[arg-type]
-        for ds, per in out.items()
-    }
+        diffs[rel.parts[0], rel.parts[1][1:]].append(np.abs(a - b).ravel())
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for (dataset, scale), d in diffs.items():
+        out[dataset][scale] = float(np.percentile(np.concatenate(d), 99.9))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

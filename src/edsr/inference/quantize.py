@@ -416,6 +416,7 @@ def quantized_graph(
             "the stored int8 calibration does not match this model's graph (made by another "
             "PyTorch version?); calibrate again with --calibrate DIR"
         )
+    kept = float_nodes(graph) + list(keep_float)
     tensors = TensorsData(
         CalibrationMethod.MinMax,
         {
@@ -431,13 +432,13 @@ def quantized_graph(
         QuantType.QUInt8,
         tensors,
         [],
-        float_nodes(graph) + list(keep_float),
+        kept,
         [op for op in ops if op in QDQRegistry],
         {"ActivationSymmetric": False, "WeightSymmetric": True},
     )
     quantizer.quantize_model()
     quantizer.model.topological_sort()  # the inserted Q/DQ nodes come last otherwise
-    return float_stream(quantizer.model.model, float_nodes(graph) + list(keep_float))
+    return float_stream(quantizer.model.model, kept)
 
 
 def float_stream(graph: Any, kept: Sequence[str]) -> Any:
