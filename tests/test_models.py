@@ -147,6 +147,44 @@ def test_fold_res_scale_keeps_outputs_and_removes_multiply():
         assert (unfolded(x) - model(x)).abs().max() > 1.0
 
 
+def _stream_peaks(model, x, scale):
+    """Per-channel peak of the stream at each conv that reads it."""
+    peaks = []
+    hooks = [
+        c.register_forward_pre_hook(lambda _, a: peaks.append(a[0].abs().amax(dim=(0, 2, 3))))
+        for c in model.stream_convs(scale)[1]
+    ]
+    with torch.no_grad():
+        y = model(x, scale)
+    for h in hooks:
+        h.remove()
+    return y, torch.stack(peaks)
+
+
+@pytest.mark.parametrize("arch", ["edsr", "mdsr"])
+def test_rescale_stream_keeps_outputs_and_divides_the_stream(arch):
+    if arch == "edsr":
+        model, scale = EDSR(scale=2, n_resblocks=3, n_feats=16, res_scale=0.1).eval(), 2
+    else:
+        model, scale = MDSR(scales=(2, 3), n_resblocks=3, n_feats=16).eval(), 3
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    factors = torch.linspace(0.25, 4.0, 16)
+    rescaled = model.rescale_stream(factors, scale)
+    x = torch.rand(1, 3, 11, 9) * 255
+    y, before = _stream_peaks(model, x, scale)
+    y2, after = _stream_peaks(rescaled, x, scale)
+    assert (y - y2).abs().max().item() <= 1e-3 * y.abs().max().item()
+    # Every point where the stream is read carries it divided by the factors.
+    torch.testing.assert_close(after * factors, before, rtol=1e-4, atol=1e-4)
+    assert len(before) == (3 + 1 + 1 if arch == "edsr" else 2 + 3 + 1 + 1)
+    with pytest.raises(ValueError, match="positive"):
+        model.rescale_stream(-factors, scale)
+    with pytest.raises(ValueError, match="outputs"):
+        model.rescale_stream(torch.ones(8), scale)
+
+
 @pytest.mark.slow
 def test_fold_res_scale_on_full_edsr():
     model = build_model("edsr", scale=2).eval()

@@ -122,7 +122,64 @@ def test_calibration_is_stored_and_reused(
     assert isinstance(fast, P.Int8Model) and fast.precision == "int8"
     x = torch.rand(1, 3, 20, 24) * 255
     assert fast(x, 2).shape == (1, 3, 40, 48)
-    assert (Q.cache_dir(digest) / f"{Q.METHOD}-{Q.LAYOUT}-x2.onnx").is_file()
+    calib = Q.find_calibration(small)
+    assert calib is not None
+    graph = f"{Q.METHOD}-{Q.LAYOUT}-{calib.fingerprint()}-x2.onnx"
+    assert (Q.cache_dir(digest) / graph).is_file()
+
+
+def test_stream_factors_even_out_the_stream(small: MDSR) -> None:
+    # Measured on real crops: after rescaling, the spread of the stream's per-channel peaks
+    # is the square root of what it was (alpha 0.5), and the model's output is unchanged.
+    crops = Q.calibration_crops(SET5, 2, 3, limit=16)
+    factors = torch.tensor(Q.stream_factors(small, 2, crops))
+    assert factors.log().mean().abs() < 1e-5
+
+    def run(model: MDSR) -> tuple[float, torch.Tensor]:
+        peak = torch.zeros(small.n_feats)
+
+        def hook(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            peak.copy_(torch.maximum(peak, args[0].abs().amax(dim=(0, 2, 3))))
+
+        hooks = [c.register_forward_pre_hook(hook) for c in model.stream_convs(2)[1]]
+        with torch.no_grad():
+            out = model(torch.from_numpy(crops), 2)
+        for h in hooks:
+            h.remove()
+        return float(peak.max() / peak.min()), out
+
+    before, y = run(small)
+    after, y2 = run(small.rescale_stream(factors, 2))
+    assert before > 1.5
+    assert after == pytest.approx(before**0.5, rel=1e-3)
+    assert (y2 - y).abs().max() < 1e-2
+
+
+def test_split_calibration_keeps_extremes_around_relus_and_shuffles(small: MDSR) -> None:
+    runs = {m: Q.calibrate(small, SET5, method=m, save=False) for m in ("split-99.9", "minmax")}
+    runs["percentile"] = Q.calibrate(small, SET5, method="percentile-99.9", save=False)
+    split, extremes, clipped = (runs[k].ranges[2] for k in ("split-99.9", "minmax", "percentile"))
+    graph = Q.float_graph(runs["minmax"].prepared(small, 2), 2)
+    wide = Q.split_tensors(graph)
+    relus = [n for n in graph.graph.node if n.op_type == "Relu"]
+    assert len(relus) == 4 and {r.output[0] for r in relus} <= wide
+    assert wide < set(split)
+    for k, v in split.items():
+        assert v == (extremes[k] if k in wide else clipped[k]), k
+    # The choice matters: a percentile clips some of those activations.
+    assert any(extremes[k][1] > clipped[k][1] * 1.01 for k in wide)
+
+
+def test_calibration_json_round_trip(small: MDSR, home: Path) -> None:
+    calib = Q.calibrate(small, SET5, save=False)
+    assert set(calib.stream) == {2} and len(calib.stream[2]) == small.n_feats
+    again = Q.Calibration.from_json(calib.to_json())
+    assert again == calib and again.fingerprint() == calib.fingerprint()
+    # The graph is built from the rescaled model its ranges were measured on.
+    prepared = calib.prepared(small, 2)
+    assert not torch.equal(prepared.head[0].weight, small.head[0].weight)
+    older = Q.Calibration(calib.digest, calib.method, calib.source, calib.ranges)
+    assert older.prepared(small, 2) is small and older.fingerprint() != calib.fingerprint()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,10 @@ x86 int8 kernels (VNNI dot products where the CPU has them).
 Why onnxruntime and not PyTorch's PT2E quantization: measured here (2-core EPYC, AVX-512 VNNI,
 MDSR-baseline x4 on 128x128, load average ~4), onnxruntime int8 0.61 s, PT2E with the x86
 inductor quantizer under torch.compile 0.75 s; PT2E also needs the separate ``torchao`` package
-and 23 s of compilation per input shape (every tile size), onnxruntime none.
+and 23 s of compilation per input shape (every tile size), onnxruntime none. Calling oneDNN's
+int8 convolutions directly (``torch.ops.onednn.qconv2d_pointwise``, the ReLU and the residual
+sum fused as post-ops) runs 16 residual blocks on 128x128 at 544 GOP/s, no faster than
+onnxruntime's graph (556): on two cores the stream's float passes, not the kernels, set the pace.
 
 Calibration is stored so it is done once: the activation ranges of a model (keyed by the sha256
 of its weights and the calibration method) are written under ``$EDSR_HOME/int8``, together with
@@ -46,8 +49,14 @@ from edsr.models import SRModel
 from edsr.resize import imresize
 
 ONNX_OPSET = 17
-# Chosen by measurement on Set5 with the bundled model (see calibrate()).
-METHOD = "percentile-99.999"
+# Chosen by measurement with the bundled model (see calibrate()): the stream and the tensors
+# it is made of are clipped at a percentile, the ones around a ReLU or a pixel shuffle keep
+# their extremes (split_tensors). With the stream rescaled, dB vs fp32 at x2, Set5 / Urban100:
+# percentile-99.999 everywhere -0.028 / -0.048, p99.9 2 / 16 gray levels; split-99.999
+# -0.038 / -0.014, 2 / 8; minmax for the conv outputs that add to the stream as well -0.050 /
+# (8 images) p99.9 3. Clipping a ReLU's peak cuts the sharpest edges (Urban100's windows); a
+# wide 8-bit step on the stream costs everywhere (Set5).
+METHOD = "split-99.999"
 CROP = 48  # LR calibration crop: the training patch size
 MAX_CROPS = 48
 # What becomes int8: every convolution's input, weights and output, but not the residual
@@ -59,6 +68,12 @@ MAX_CROPS = 48
 # (head, last body conv, global sum), the block-internal activations under 0.005 each: the
 # 8-bit step of a tensor that carries the image from the head to the tail is what shows.
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "Relu", "DepthToSpace")
+# The stream's channels differ in range (143 to 330 on the bundled model at x2), and one 8-bit
+# scale per tensor serves them all; so the stream is carried divided by range**STREAM_ALPHA
+# per channel (an exact rewrite of the weights, see SRModel.rescale_stream). Measured on Set5
+# with the stage-4 bundled model at x2, dB vs fp32: none -0.042, alpha 1 -0.029, 0.5 -0.028
+# (0.5 also spares the per-output-channel weight scales of the convs that read the stream).
+STREAM_ALPHA = 0.5
 # Part of the cached graph's file name: graphs built by another layout are not reused.
 LAYOUT = "float-stream"
 _INSTALL = "int8 inference needs onnxruntime and onnx: pip install 'edsr[export]'"
@@ -147,6 +162,19 @@ class Calibration:
     source: str  # what it was measured on
     ranges: dict[int, dict[str, tuple[float, float]]]
     quality: dict[str, Any] = field(default_factory=dict)  # measured PSNR cost, if any
+    # Per scale, the factors the residual stream is divided by before quantizing (the ranges
+    # were measured on the rescaled model); none for calibrations made before it was done.
+    stream: dict[int, list[float]] = field(default_factory=dict)
+
+    def prepared(self, model: SRModel, scale: int) -> SRModel:
+        """``model`` as these ranges were measured on it at ``scale`` (stream rescaled)."""
+        if scale not in self.stream:
+            return model
+        return model.rescale_stream(torch.tensor(self.stream[scale]), scale)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything a quantized graph is built from."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def meets_bar(self) -> bool:
         """True when int8 was measured to stay within the quality bar (see :data:`BAR`)."""
@@ -159,6 +187,7 @@ class Calibration:
                 "method": self.method,
                 "source": self.source,
                 "quality": self.quality,
+                "stream": {str(s): f for s, f in sorted(self.stream.items())},
                 "ranges": {str(s): r for s, r in sorted(self.ranges.items())},
             },
             indent=1,
@@ -171,7 +200,8 @@ class Calibration:
             int(s): {k: (float(v[0]), float(v[1])) for k, v in r.items()}
             for s, r in d["ranges"].items()
         }
-        return cls(d["digest"], d["method"], d["source"], ranges, d.get("quality", {}))
+        stream = {int(s): [float(v) for v in f] for s, f in d.get("stream", {}).items()}
+        return cls(d["digest"], d["method"], d["source"], ranges, d.get("quality", {}), stream)
 
 
 # The quality bar int8 must meet for ``auto`` to pick it: Set5 and Urban100 PSNR (Y, shave =
@@ -187,9 +217,22 @@ def cache_dir(digest: str) -> Path:
 
 def _method_parts(method: str) -> tuple[str, float | None]:
     kind, _, value = method.partition("-")
-    if kind not in ("minmax", "percentile", "entropy"):
-        raise EdsrError(f"unknown calibration method {method!r}; use minmax, percentile-P, entropy")
+    if kind not in ("minmax", "percentile", "split", "entropy"):
+        raise EdsrError(
+            f"unknown calibration method {method!r}; use minmax, percentile-P, split-P, entropy"
+        )
     return kind, float(value) if value else None
+
+
+def split_tensors(graph: Any) -> set[str]:
+    """The tensors ``split-P`` calibrates by their extremes: the inputs and outputs of every
+    ReLU and pixel shuffle (a block's inner activation, the upsampler's)."""
+    out: set[str] = set()
+    for node in graph.graph.node:
+        if node.op_type in ("Relu", "DepthToSpace"):
+            out.update(node.input[:1])
+            out.update(node.output)
+    return out
 
 
 def calibration_crops(
@@ -235,6 +278,16 @@ def calibration_crops(
 
 
 def _measure_ranges(graph: Any, crops: np.ndarray, method: str) -> dict[str, tuple[float, float]]:
+    kind, value = _method_parts(method)
+    if kind == "split":
+        clipped = _measure_one(graph, crops, f"percentile-{value or 99.999:g}")
+        extremes = _measure_one(graph, crops, "minmax")
+        wide = split_tensors(graph)
+        return {k: extremes[k] if k in wide else v for k, v in clipped.items()}
+    return _measure_one(graph, crops, method)
+
+
+def _measure_one(graph: Any, crops: np.ndarray, method: str) -> dict[str, tuple[float, float]]:
     import tempfile
 
     import onnx
@@ -282,6 +335,30 @@ def _measure_ranges(graph: Any, crops: np.ndarray, method: str) -> dict[str, tup
     return out
 
 
+@torch.no_grad()
+def stream_factors(
+    model: SRModel, scale: int, crops: np.ndarray, *, alpha: float = STREAM_ALPHA
+) -> list[float]:
+    """Per-channel factors that even out the residual stream's ranges: each channel's largest
+    magnitude over the crops and over every point the stream is read at, to the power
+    ``alpha``, normalized to a geometric mean of 1."""
+    peak = torch.zeros(model.n_feats)
+
+    def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        peak.copy_(torch.maximum(peak, args[0].abs().amax(dim=(0, 2, 3))))
+
+    _, readers = model.stream_convs(scale)
+    handles = [c.register_forward_pre_hook(hook) for c in readers]
+    try:
+        for i in range(0, len(crops), 8):
+            model(torch.from_numpy(crops[i : i + 8]), scale)
+    finally:
+        for h in handles:
+            h.remove()
+    f = peak.clamp_min(1e-3) ** alpha
+    return (f / f.log().mean().exp()).tolist()
+
+
 def calibrate(
     model: SRModel,
     folder: str | os.PathLike[str],
@@ -295,17 +372,22 @@ def calibrate(
     Never calibrate on the images you evaluate on: the ranges would fit the test set. The
     result is stored under :func:`cache_dir` (``save``) and used by every later int8 run of
     the same weights. Method: ``percentile-P`` clips each activation at its P-th percentile
-    of absolute values, ``entropy`` minimizes the KL divergence, ``minmax`` keeps the extremes.
-    Measured on Set5 with the bundled model, percentile-99.999 keeps the most quality.
+    of absolute values, ``entropy`` minimizes the KL divergence, ``minmax`` keeps the extremes,
+    ``split-P`` keeps them only around ReLUs and pixel shuffles (:func:`split_tensors`) and
+    clips the rest at the P-th percentile. :data:`METHOD` says what was measured to keep the
+    most quality.
     """
     _require_onnxruntime()
     _method_parts(method)
     model = model.float().cpu().eval()
-    ranges = {}
+    ranges, stream = {}, {}
     for s in scales or model.scales:
         crops = calibration_crops(folder, s, model.n_colors)
-        ranges[int(s)] = _measure_ranges(float_graph(model, s), crops, method)
-    calib = Calibration(weights_digest(model), method, f"{Path(folder).name} ({CROP}px LR)", ranges)
+        stream[int(s)] = stream_factors(model, s, crops)
+        rescaled = model.rescale_stream(torch.tensor(stream[int(s)]), s)
+        ranges[int(s)] = _measure_ranges(float_graph(rescaled, s), crops, method)
+    source = f"{Path(folder).name} ({CROP}px LR)"
+    calib = Calibration(weights_digest(model), method, source, ranges, stream=stream)
     if save:
         store_calibration(calib)
     return calib
@@ -399,7 +481,7 @@ def quantized_graph(
 
     if scale not in calib.ranges:
         raise EdsrError(f"the int8 calibration of this model has no x{scale}; calibrate again")
-    graph = float_graph(model, scale)
+    graph = float_graph(calib.prepared(model, scale), scale)
     import tempfile
 
     import onnx
@@ -488,7 +570,8 @@ class Int8Engine:
 
     def graph_path(self, scale: int) -> Path:
         """The cached int8 graph at ``scale`` (written on first use)."""
-        path = self.folder / f"{self.calib.method}-{LAYOUT}-x{scale}.onnx"
+        name = f"{self.calib.method}-{LAYOUT}-{self.calib.fingerprint()}-x{scale}.onnx"
+        path = self.folder / name
         if not path.is_file():
             import onnx
 
@@ -504,6 +587,10 @@ class Int8Engine:
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
+            # onnxruntime's threads otherwise busy-wait after each run, taking the cores
+            # from whatever runs next (measured: a oneDNN conv after an int8 run at 124
+            # instead of 213 GFLOP/s on two cores).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.log_severity_level = 3
             self._sessions[scale] = ort.InferenceSession(
                 str(self.graph_path(scale)), options, providers=["CPUExecutionProvider"]
@@ -553,6 +640,8 @@ __all__ = [
     "int8_meets_bar",
     "onnxruntime_available",
     "quantized_graph",
+    "split_tensors",
     "store_calibration",
+    "stream_factors",
     "weights_digest",
 ]

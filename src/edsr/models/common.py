@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -81,6 +82,46 @@ class Upsampler(nn.Sequential):
         else:
             raise ValueError(f"scale must be {SUPPORTED_SCALES_TEXT}, got {scale}")
         super().__init__(*layers)
+
+
+def stream_convs(
+    head: nn.Module, blocks: Iterable[nn.Module], last: nn.Module, upsampler: nn.Module
+) -> tuple[list[nn.Conv2d], list[nn.Conv2d]]:
+    """(writers, readers) of a residual stream: the head, every block's last conv and the
+    body's last conv add to it; every block's first conv, the body's last and the upsampler's
+    first read it."""
+    up = next(iter(upsampler.children()))
+    res = [b for b in blocks if isinstance(b, ResBlock)]
+    firsts, lasts = [b.body[0] for b in res], [b.body[2] for b in res]
+    writers, readers = [head, *lasts, last], [*firsts, last, up]
+    if not all(isinstance(c, nn.Conv2d) for c in writers + readers):
+        raise ValueError("the residual stream is written and read by convolutions only")
+    return writers, readers  # type: ignore[return-value]  # checked just above
+
+
+@torch.no_grad()
+def rescale_stream(
+    writers: Sequence[nn.Conv2d], readers: Sequence[nn.Conv2d], factors: torch.Tensor
+) -> None:
+    """Carry the residual stream as ``stream / factors`` (per channel), in place, exactly.
+
+    The stream is a sum of conv outputs (``writers``: the head and every block's last conv)
+    read only by convs (``readers``) and never passed through a non-linearity, so dividing
+    each writer's output channel by its factor and multiplying each reader's input channel
+    by it leaves the model's outputs unchanged in exact arithmetic. A conv may be both.
+    """
+    f = factors.detach().to(dtype=torch.float32)
+    if f.ndim != 1 or not bool(torch.isfinite(f).all()) or not bool((f > 0).all()):
+        raise ValueError("stream factors must be a 1-D tensor of finite positive numbers")
+    for c in writers:
+        if c.out_channels != len(f) or c.bias is None:
+            raise ValueError(f"a stream writer has {c.out_channels} outputs, not {len(f)}")
+        c.weight.div_(f.to(c.weight).view(-1, 1, 1, 1))
+        c.bias.div_(f.to(c.bias))
+    for c in readers:
+        if c.in_channels != len(f):
+            raise ValueError(f"a stream reader has {c.in_channels} inputs, not {len(f)}")
+        c.weight.mul_(f.to(c.weight).view(1, -1, 1, 1))
 
 
 def supported_scale(scale: int) -> bool:

@@ -14,6 +14,8 @@ from edsr.models.common import (
     ResBlock,
     Upsampler,
     conv,
+    rescale_stream,
+    stream_convs,
     supported_scale,
 )
 
@@ -78,6 +80,21 @@ class EDSR(nn.Module):
         x = self.body(x) + x
         x = self.tail(x)
         return self.add_mean(x)
+
+    def stream_convs(self, scale: int | None = None) -> tuple[list[nn.Conv2d], list[nn.Conv2d]]:
+        """(writers, readers) of the residual stream: the convs that add to it and the ones
+        that read it (see :func:`~edsr.models.common.rescale_stream`)."""
+        if scale is not None and scale != self.scale:
+            raise EdsrError(f"this EDSR model upscales x{self.scale} only, not x{scale}")
+        body = list(self.body)
+        return stream_convs(self.head[0], body[:-1], body[-1], self.get_submodule("tail.0"))
+
+    def rescale_stream(self, factors: torch.Tensor, scale: int | None = None) -> EDSR:
+        """A copy that carries its residual stream divided by ``factors`` (one per feature):
+        the same outputs, other activation ranges (what int8 calibration equalizes)."""
+        model = copy.deepcopy(self)
+        rescale_stream(*model.stream_convs(scale), factors)
+        return model
 
     def fold_res_scale(self) -> EDSR:
         """A copy with residual scaling folded into the convolutions: same outputs, no multiply."""

@@ -14,6 +14,8 @@ from edsr.models.common import (
     ResBlock,
     Upsampler,
     conv,
+    rescale_stream,
+    stream_convs,
     supported_scale,
 )
 
@@ -86,6 +88,22 @@ class MDSR(nn.Module):
         x = self.upsample[k](x)
         x = self.tail(x)
         return self.add_mean(x)
+
+    def stream_convs(self, scale: int) -> tuple[list[nn.Conv2d], list[nn.Conv2d]]:
+        """(writers, readers) of the residual stream at ``scale``: the convs that add to it
+        and the ones that read it (see :func:`~edsr.models.common.rescale_stream`)."""
+        k = self.branch(scale)
+        body = list(self.body)
+        blocks = [*self.get_submodule(f"pre_process.{k}").children(), *body[:-1]]
+        return stream_convs(self.head[0], blocks, body[-1], self.get_submodule(f"upsample.{k}"))
+
+    def rescale_stream(self, factors: torch.Tensor, scale: int) -> MDSR:
+        """A copy whose stream at ``scale`` is divided by ``factors`` (one per feature): the
+        same outputs at that scale (the shared body changes, so other scales do not keep
+        theirs), other activation ranges (what int8 calibration equalizes)."""
+        model = copy.deepcopy(self)
+        rescale_stream(*model.stream_convs(scale), factors)
+        return model
 
     def fold_res_scale(self) -> MDSR:
         """A copy: MDSR uses res_scale 1, so there is nothing to fold (symmetry with EDSR)."""
