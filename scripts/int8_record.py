@@ -13,7 +13,7 @@ Two steps around two ``edsr eval`` runs of the same images, one per precision:
 and stores them in the cache, where ``--precision int8`` finds them. ``record`` writes
 ``src/edsr/assets/<stem>.int8.json``: the ranges plus, per data set and scale, the PSNR of
 both precisions and the 99.9th percentile of their gray-level difference, and whether that
-meets the bar ``auto`` asks of int8 (``edsr.inference.quantize.BAR``).
+meets the bar ``auto`` asks of int8 (``edsr.inference.calibration.BAR``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edsr.inference.quantize import BAR, calibrate, find_calibration
+from edsr.inference.calibration import BAR, calibrate, find_calibration
 from edsr.io.image import read_image, to_8bit
 from edsr.weights import load_model
 from edsr.weights.entry import metrics_from_eval_json

@@ -12,8 +12,10 @@ import edsr
 from edsr.cli import main
 from edsr.errors import EdsrError
 from edsr.evaluate import discover, load_pair, super_resolve
+from edsr.inference import calibration as C
 from edsr.inference import precision as P
 from edsr.inference import quantize as Q
+from edsr.inference.onnx_graph import float_graph
 from edsr.models import MDSR
 
 SET5 = Path(__file__).parent / "data" / "Set5"
@@ -68,11 +70,11 @@ def test_int8_close_to_fp32_on_set5(small: MDSR, home: Path) -> None:
 
 
 def test_image_facing_layers_stay_float(small: MDSR, home: Path) -> None:
-    calib = Q.calibrate(small, SET5, save=False)
+    calib = C.calibrate(small, SET5, save=False)
     graph = Q.quantized_graph(small, 2, calib)
     made_by = {o: n for n in graph.graph.node for o in n.output}
     convs = [n for n in graph.graph.node if n.op_type == "Conv"]
-    kept = set(Q.float_nodes(Q.float_graph(small, 2)))
+    kept = set(Q.float_nodes(float_graph(small, 2)))
     assert len(kept) == 4 and {n.name for n in convs} >= kept
     for node in convs:
         weight_from = made_by.get(node.input[1])
@@ -83,10 +85,10 @@ def test_image_facing_layers_stay_float(small: MDSR, home: Path) -> None:
 def test_residual_stream_stays_float(small: MDSR, home: Path) -> None:
     # Every sum reads the stream itself and the dequantized output of an int8 conv; the
     # stream reaches each int8 conv through its own Q/DQ pair.
-    calib = Q.calibrate(small, SET5, save=False)
+    calib = C.calibrate(small, SET5, save=False)
     graph = Q.quantized_graph(small, 2, calib)
     made_by = {o: n for n in graph.graph.node for o in n.output}
-    kept = set(Q.float_nodes(Q.float_graph(small, 2)))
+    kept = set(Q.float_nodes(float_graph(small, 2)))
     adds = [n for n in graph.graph.node if n.op_type == "Add"]
     assert len(adds) == 2 + 2 + 1  # pre-process blocks, body blocks, the global sum
     for add in adds:
@@ -111,41 +113,34 @@ def test_calibration_is_stored_and_reused(
     with pytest.raises(EdsrError, match="--calibrate"):
         Q.int8_engine(small)  # nothing stored yet, nothing to calibrate on
     Q.int8_engine(small, calibrate_on=SET5)
-    digest = Q.weights_digest(small)
-    assert (Q.cache_dir(digest) / f"{Q.METHOD}.json").is_file()
+    digest = C.weights_digest(small)
+    assert (C.cache_dir(digest) / f"{C.METHOD}.json").is_file()
 
     def no_calibration(*args: object, **kwargs: object) -> None:
         raise AssertionError("calibrated again")
 
-    monkeypatch.setattr(Q, "_measure_ranges", no_calibration)
+    monkeypatch.setattr(C, "_measure_ranges", no_calibration)
     fast = P.prepare_model(small, precision="int8")
     assert isinstance(fast, P.Int8Model) and fast.precision == "int8"
     x = torch.rand(1, 3, 20, 24) * 255
     assert fast(x, 2).shape == (1, 3, 40, 48)
-    calib = Q.find_calibration(small)
+    calib = C.find_calibration(small)
     assert calib is not None
-    graph = f"{Q.METHOD}-{Q.LAYOUT}-{calib.fingerprint()}-x2.onnx"
-    assert (Q.cache_dir(digest) / graph).is_file()
+    graph = f"{C.METHOD}-{Q.LAYOUT}-{calib.fingerprint()}-x2.onnx"
+    assert (C.cache_dir(digest) / graph).is_file()
 
 
 def test_stream_factors_even_out_the_stream(small: MDSR) -> None:
     # Measured on real crops: after rescaling, the spread of the stream's per-channel peaks
     # is the square root of what it was (alpha 0.5), and the model's output is unchanged.
-    crops = Q.calibration_crops(SET5, 2, 3, limit=16)
-    factors = torch.tensor(Q.stream_factors(small, 2, crops))
+    crops = C.calibration_crops(SET5, 2, 3, limit=16)
+    factors = torch.tensor(C.stream_factors(small, 2, crops))
     assert factors.log().mean().abs() < 1e-5
 
     def run(model: MDSR) -> tuple[float, torch.Tensor]:
-        peak = torch.zeros(small.n_feats)
-
-        def hook(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            peak.copy_(torch.maximum(peak, args[0].abs().amax(dim=(0, 2, 3))))
-
-        hooks = [c.register_forward_pre_hook(hook) for c in model.stream_convs(2)[1]]
+        peak = C.stream_peaks(model, 2, crops)
         with torch.no_grad():
             out = model(torch.from_numpy(crops), 2)
-        for h in hooks:
-            h.remove()
         return float(peak.max() / peak.min()), out
 
     before, y = run(small)
@@ -156,11 +151,11 @@ def test_stream_factors_even_out_the_stream(small: MDSR) -> None:
 
 
 def test_split_calibration_keeps_extremes_around_relus_and_shuffles(small: MDSR) -> None:
-    runs = {m: Q.calibrate(small, SET5, method=m, save=False) for m in ("split-99.9", "minmax")}
-    runs["percentile"] = Q.calibrate(small, SET5, method="percentile-99.9", save=False)
+    runs = {m: C.calibrate(small, SET5, method=m, save=False) for m in ("split-99.9", "minmax")}
+    runs["percentile"] = C.calibrate(small, SET5, method="percentile-99.9", save=False)
     split, extremes, clipped = (runs[k].ranges[2] for k in ("split-99.9", "minmax", "percentile"))
-    graph = Q.float_graph(runs["minmax"].prepared(small, 2), 2)
-    wide = Q.split_tensors(graph)
+    graph = float_graph(runs["minmax"].prepared(small, 2), 2)
+    wide = C.split_tensors(graph)
     relus = [n for n in graph.graph.node if n.op_type == "Relu"]
     assert len(relus) == 4 and {r.output[0] for r in relus} <= wide
     assert wide < set(split)
@@ -171,14 +166,14 @@ def test_split_calibration_keeps_extremes_around_relus_and_shuffles(small: MDSR)
 
 
 def test_calibration_json_round_trip(small: MDSR, home: Path) -> None:
-    calib = Q.calibrate(small, SET5, save=False)
+    calib = C.calibrate(small, SET5, save=False)
     assert set(calib.stream) == {2} and len(calib.stream[2]) == small.n_feats
-    again = Q.Calibration.from_json(calib.to_json())
+    again = C.Calibration.from_json(calib.to_json())
     assert again == calib and again.fingerprint() == calib.fingerprint()
     # The graph is built from the rescaled model its ranges were measured on.
     prepared = calib.prepared(small, 2)
     assert not torch.equal(prepared.head[0].weight, small.head[0].weight)
-    older = Q.Calibration(calib.digest, calib.method, calib.source, calib.ranges)
+    older = C.Calibration(calib.digest, calib.method, calib.source, calib.ranges)
     assert older.prepared(small, 2) is small and older.fingerprint() != calib.fingerprint()
 
 
@@ -213,7 +208,7 @@ def test_int8_only_for_inference_on_cpu() -> None:
 
 def test_bundled_model_auto_follows_its_record(monkeypatch: pytest.MonkeyPatch) -> None:
     model = edsr.load_model()
-    calib = Q.find_calibration(model)
+    calib = C.find_calibration(model)
     assert calib is not None and calib.source.startswith("train")  # never its test images
     _flags(monkeypatch, "avx2", "avx512_vnni")  # int8 dot products, no native bf16
     want = "int8" if calib.meets_bar() else "fp32"

@@ -26,7 +26,8 @@ import torch
 
 from edsr.errors import EdsrError
 from edsr.inference import describe
-from edsr.inference.quantize import FixedScale, float_graph, int8_engine
+from edsr.inference.onnx_graph import FixedScale, float_graph
+from edsr.inference.quantize import int8_engine
 from edsr.io.atomic import atomic_write, check_writable
 from edsr.models import MDSR, SRModel
 

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from edsr.errors import EdsrError, one_line
+from edsr.inference.calibration import int8_meets_bar
 from edsr.inference.fused import fused_forward, fused_kernels_available
-from edsr.inference.quantize import Int8Engine, int8_engine, int8_meets_bar
+from edsr.inference.quantize import Int8Engine, int8_engine
 from edsr.models import SRModel
 
 Precision = Literal["fp32", "bf16", "fp16", "int8", "auto"]

@@ -163,9 +163,8 @@ _DATA_291 = (
 )
 _HARDWARE = (
     "a 2-core AMD EPYC CPU (AVX-512 BF16, no AMX), bf16 autocast channels-last, for stages 3-4 "
-    "and "
-    "a 2-core Intel Xeon CPU (AVX-512, no AMX/AVX-512 BF16), fp32 channels-last, for stages 1-2; "
-    "24 GiB and torch 2.13.0+cpu on both"
+    "and a 2-core Intel Xeon CPU (AVX-512, no AMX/AVX-512 BF16), fp32 channels-last, for "
+    "stages 1-2; 24 GiB and torch 2.13.0+cpu on both"
 )
 
 
