@@ -6,6 +6,10 @@ request gets the right answer (200 with an image of the right size, or the expec
 JSON error) or a 503 with Retry-After. Meanwhile it samples the server's resident memory and
 times /healthz. At the end the server must still be up, and after it stops no file may be left.
 
+With --slow-clients N, N more clients each send half an upload and then wait: they must cost
+sockets, not workers (the requests above are still served), and each must be answered 408 and
+dropped once --upload-timeout has passed.
+
 Bounded in count (--requests, at most 2000) and time (--time-limit); only loopback is used.
 
     python benchmarks/load_serve.py                       # edsr-baseline x2 (random weights)
@@ -21,6 +25,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -162,6 +167,33 @@ def check(case: Case, status: int, headers: dict, data: bytes) -> str | None:
     return None if isinstance(err, str) and err else f"{case.kind}: empty error"
 
 
+def half_sent(host: str, port: int, body: bytes, ctype: str) -> socket.socket:
+    """A client that sends its headers and half its body, then waits."""
+    s = socket.create_connection((host, port), timeout=10)
+    head = (
+        f"POST /v1/upscale HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    s.sendall(head.encode() + body[: len(body) // 2])
+    return s
+
+
+def dropped(s: socket.socket, t0: float, timeout: float) -> tuple[int | None, float]:
+    """The status the server answered a half-sent upload with, and when (since ``t0``) it
+    closed the connection; None when it said nothing before ``timeout``."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    finally:
+        s.close()
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, time.monotonic() - t0
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -204,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds for the whole run")
     ap.add_argument("--retries", type=int, default=2, help="times a client retries after a 503")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--slow-clients", type=int, default=0, help="clients that send half an upload and wait"
+    )
+    ap.add_argument("--upload-timeout", type=float, default=5.0, help="the server's, seconds")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     if not 1 <= args.requests <= MAX_REQUESTS:
@@ -223,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", str(args.workers), "--queue", str(args.queue),
         "--max-pixels", str(args.max_pixels), "--max-upload-mb", str(args.max_upload_mb),
         "--timeout", "60", "--device", "cpu", "--tmp-dir", str(server_tmp), "--quiet",
+        "--upload-timeout", str(args.upload_timeout),
+        "--max-uploads", str(args.slow_clients + args.concurrency + 4),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start_deadline = time.monotonic() + 120
@@ -308,10 +346,18 @@ def main(argv: list[str] | None = None) -> int:
             "ms": (time.perf_counter() - t) * 1000,
         }
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        results = list(pool.map(one, cases))
-    wall = time.perf_counter() - t0
+    slow_body, slow_ctype = multipart({"scale": "2"}, png(np.zeros((16, 16, 3), np.uint8)), "s.png")
+    slow_t0 = time.monotonic()
+    slow = [half_sent(host, port, slow_body, slow_ctype) for _ in range(args.slow_clients)]
+    with ThreadPoolExecutor(max(1, args.slow_clients)) as slow_pool:
+        slow_answers = [
+            slow_pool.submit(dropped, s, slow_t0, args.upload_timeout + 30) for s in slow
+        ]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            results = list(pool.map(one, cases))
+        wall = time.perf_counter() - t0
+        slow_results = [f.result() for f in slow_answers]
     stop.set()
     for t in samplers:
         t.join(5)
@@ -336,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         1 for r in results if r["problem"] is None and r["status"] not in (200, 503)
     )
     problems = [r["problem"] for r in results if r["problem"] is not None]
+    for status, after in slow_results:
+        if status != 408 or not args.upload_timeout <= after < args.upload_timeout + 10:
+            problems.append(f"half-sent upload: answered {status} after {after:.1f} s")
     lat = [r["ms"] for r in results if r["status"] is not None]
     lat_ok = [r["ms"] for r in results if r["status"] == 200]
     by_status: dict[str, int] = {}
@@ -369,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_second_half_mb": round(max(second) / 2**20, 1),
         "final_rss_mb": round(final_rss / 2**20, 1),
         "wall_s": round(wall, 2),
+        "slow_clients": args.slow_clients,
+        "slow_clients_408": sum(1 for status, _ in slow_results if status == 408),
+        "slow_client_dropped_after_s": (
+            round(max(after for _, after in slow_results), 2) if slow_results else None
+        ),
         "server_alive": alive,
         "exit_code": proc.returncode,
         "temp_files_left": left,

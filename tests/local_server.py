@@ -46,6 +46,7 @@ class LocalServer:
     ("ok", body): honours ``Range: bytes=N-`` (206);
     ("norange", body): ignores Range (200, whole body);
     ("cut", body, n): promises the whole file, sends n bytes and closes, then serves ("ok", body);
+    ("pause", body, n, seconds): as "cut", but waits ``seconds`` before closing (a stall);
     ("truncated", body, claimed): promises ``claimed`` bytes, sends half the body, every time;
     ("stall", seconds): sends 10 of 1000 promised bytes, then waits;
     ("status", code): answers that HTTP status.
@@ -92,9 +93,12 @@ class LocalServer:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
-                if kind == "cut":
+                if kind in ("cut", "pause"):
                     server.routes[self.path] = ("ok", body)
                     self.wfile.write(body[start : rest[1]])
+                    if kind == "pause":
+                        self.wfile.flush()
+                        time.sleep(rest[2])
                     return
                 self.wfile.write(body[start:])
 

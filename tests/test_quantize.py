@@ -17,6 +17,7 @@ from edsr.inference import precision as P
 from edsr.inference import quantize as Q
 from edsr.inference.onnx_graph import float_graph
 from edsr.models import MDSR
+from sr_helpers import trained_small_mdsr
 
 SET5 = Path(__file__).parent / "data" / "Set5"
 ort = pytest.importorskip(
@@ -26,21 +27,8 @@ ort = pytest.importorskip(
 
 @pytest.fixture(scope="module")
 def small() -> MDSR:
-    """A 2-block MDSR x2 carrying the bundled model's trained layers: real image-like outputs
-    at a tenth of the cost."""
-    full = edsr.load_model()
-    model = MDSR(scales=(2,), n_resblocks=2).eval()
-    have = full.state_dict()
-    sd = {}
-    for key in model.state_dict():
-        src = key
-        if key.startswith(("pre_process.", "upsample.")):
-            src = key.replace(".0.", f".{full.scales.index(2)}.", 1)
-        elif key.startswith("body.2."):
-            src = key.replace("body.2.", f"body.{full.n_resblocks}.", 1)
-        sd[key] = have[src]
-    model.load_state_dict(sd)
-    return model
+    """See sr_helpers.trained_small_mdsr."""
+    return trained_small_mdsr()
 
 
 @pytest.fixture()

@@ -327,9 +327,7 @@ def test_the_bundled_default_ships_verified_and_beats_bicubic():
     assert e.source == "trained here" and e.bundled and not e.urls and e.full_hash
     assert path.stat().st_size == e.size and sha256_file(path) == e.sha256
     assert count_parameters(load_weights(e, device="cpu")) == e.parameters
-    assert e.training is not None and e.training.command.startswith(
-        "edsr train --preset mdsr-baseline"
-    )
+    assert e.training is not None and e.training.command == "edsr train --recipe mdsr-baseline-291"
     for d in ("Set5", "Set14", "B100"):
         for s in (2, 3, 4):
             plain, plus = e.metric(d, s), e.metric(d, s, self_ensemble=True)

@@ -9,9 +9,6 @@ the test, that holds every forward pass until the test lets it go.
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +24,6 @@ pytest.importorskip("python_multipart", reason="needs the 'serve' extra (python-
 httpx = pytest.importorskip("httpx", reason="needs httpx (test extra)")
 
 from edsr import save_model, upscale  # noqa: E402
-from edsr.cli import main  # noqa: E402
 from edsr.errors import EdsrError  # noqa: E402
 from edsr.inference import plan_tiles  # noqa: E402
 from edsr.models import EDSR, MDSR  # noqa: E402
@@ -35,7 +31,6 @@ from edsr.resize import imresize_np  # noqa: E402
 from edsr.serve import ServeConfig, background_server, create_app, load_models  # noqa: E402
 from edsr.weights import registry  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 20_000
 
@@ -568,77 +563,3 @@ def test_host_header_is_checked_when_configured(checkpoints, served):
         assert client.get("/healthz").status_code == 200
         r = client.get("/healthz", headers={"host": "attacker.example:8000"})
         assert_error(r, 421, "attacker.example")
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def test_cli_without_model_or_bundled_default_says_pass_model(capsys, monkeypatch):
-    monkeypatch.setattr(
-        registry, "REGISTRY", {k: v for k, v in registry.REGISTRY.items() if not v.bundled}
-    )
-    monkeypatch.setattr(registry, "DEFAULT", None, raising=False)
-    assert main(["serve"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--model" in err and "no bundled model" in err
-
-
-def test_default_model_is_the_bundled_one(monkeypatch):
-    from dataclasses import replace
-
-    from edsr.serve import default_model_spec
-
-    entry = replace(
-        registry.REGISTRY["edsr-baseline-x2"], name="bundled-x2", bundled="b.safetensors"
-    )
-    monkeypatch.setattr(
-        registry, "REGISTRY", {k: v for k, v in registry.REGISTRY.items() if not v.bundled}
-    )
-    monkeypatch.setattr(registry, "DEFAULT", None, raising=False)
-    assert default_model_spec() is None
-    monkeypatch.setitem(registry.REGISTRY, "bundled-x2", entry)
-    assert default_model_spec() == "bundled-x2"
-
-
-def test_cli_errors_are_one_line(capsys, checkpoints, tmp_path):
-    assert main(["serve", "--model", str(tmp_path / "missing.safetensors")]) == 1
-    assert capsys.readouterr().err.count("\n") == 1
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(1)
-        port = s.getsockname()[1]
-        assert main(["serve", "--model", str(checkpoints["tiny-x2"]), "--port", str(port)]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot listen" in err and "--port" in err
-
-
-def test_load_test_script(tmp_path, checkpoints):
-    """The load test on 127.0.0.1, small: concurrent uploads, some bad; every answer is the
-    right one or a 503, memory stays bounded, the server stays up and leaves no files."""
-    out = tmp_path / "load.json"
-    cmd = [
-        sys.executable, str(REPO / "benchmarks" / "load_serve.py"),
-        "--model", str(checkpoints["tiny-x2"]), "--requests", "30", "--concurrency", "6",
-        "--workers", "1", "--queue", "2", "--size", "24", "--time-limit", "90", "--json", str(out),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    res = json.loads(out.read_text())
-    assert res["requests"] == 30 and res["errors"] == 0, res
-    assert res["ok"] + res["expected_errors"] + res["busy_503"] == 30
-    assert res["ok"] >= 1 and res["expected_errors"] >= 1
-    assert res["server_alive"] and res["temp_files_left"] == 0
-    assert res["exit_code"] == 0  # Ctrl-C: a graceful stop
-    assert res["peak_rss_mb"] < 2048
-
-
-def test_without_model_serve_loads_the_bundled_default():
-    from edsr.serve import load_models
-
-    served = load_models([], device="cpu", progress=False)
-    assert [m.id for m in served] == [registry.DEFAULT] and served[0].scales == (2, 3, 4)
-    assert served[0].entry is registry.REGISTRY[registry.DEFAULT]

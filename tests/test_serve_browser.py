@@ -3,6 +3,10 @@ system chromedriver (nothing is downloaded). Picks and drops images, upscales, c
 before/after viewer and that the download is the upscaled image, and that a server error is
 shown to the user.
 
+The browser resolves no host name (only the server's 127.0.0.1 is reachable), as on a machine
+without internet: the page and the API documentation at /docs must load all they need from the
+server itself.
+
 Set EDSR_SERVE_SCREENSHOT=/path.png to keep a screenshot of the page after the upscale.
 """
 
@@ -68,6 +72,8 @@ def browser(tmp_path_factory):
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--disable-dev-shm-usage", "--window-size=1280,1100",
+        # no name resolves: a CDN cannot be reached, the server on 127.0.0.1 can
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):  # fmt: skip
         opts.add_argument(flag)
@@ -213,3 +219,43 @@ def test_errors_are_shown(site, browser, tmp_path):
     d.find_element(By.ID, "go").click()
     wait(d, lambda d: visible(d, "error") and "corrupt" in d.find_element(By.ID, "error").text)
     assert d.find_element(By.ID, "go").is_enabled()  # ready for the next try
+
+
+def test_api_docs_load_offline_and_list_the_operations(site, browser):
+    url, _ = site
+    d = browser
+    d.get(url + "/docs")
+    paths = wait(
+        d,
+        lambda d: (
+            set(
+                d.execute_script(
+                    "return [...document.querySelectorAll('.opblock-summary-path')]"
+                    ".map(e => e.getAttribute('data-path'))"
+                )
+            )
+            >= {"/v1/upscale", "/v1/models", "/v1/progress/{job}", "/healthz"}
+        ),
+        timeout=20,
+    )
+    assert paths
+    # everything the page loaded came from the server itself
+    loaded = d.execute_script(
+        "return [...document.scripts].map(s => s.src).filter(Boolean)"
+        ".concat([...document.querySelectorAll('link[href]')].map(l => l.href))"
+        ".concat(performance.getEntriesByType('resource').map(e => e.name))"
+    )
+    assert any(u.endswith("swagger-ui-bundle.js") for u in loaded), loaded
+    assert all(u.startswith(url + "/") for u in loaded), loaded
+    # and the operation's form knows the server's choices
+    d.find_element(By.CSS_SELECTOR, ".opblock-post .opblock-summary").click()
+    wait(d, lambda d: "image *" in d.find_element(By.CSS_SELECTOR, ".opblock-post").text)
+    d.find_element(By.CSS_SELECTOR, ".opblock-post .try-out__btn").click()
+    options = wait(
+        d,
+        lambda d: d.execute_script(
+            "return [...document.querySelectorAll('.opblock-post select option')]"
+            ".map(o => o.textContent)"
+        ),
+    )
+    assert {"tiny-x2", "tiny-mdsr", "bicubic", "2", "3", "webp"} <= set(options), options

@@ -306,5 +306,7 @@ def test_cli_tile_and_memory_options(tmp_path, tiny_model_file, capsys):
     err = capsys.readouterr().err
     assert err.startswith("edsr: error: a memory budget of") and "at least" in err
     assert err.count("\n") == 1
-    assert main([*base, "-o", str(tmp_path / "y.png"), "--max-memory", "lots"]) == 1
+    with pytest.raises(SystemExit) as refused:  # refused by the parser, before any work
+        main([*base, "-o", str(tmp_path / "y.png"), "--max-memory", "lots"])
+    assert refused.value.code == 2
     assert "cannot read the memory size" in capsys.readouterr().err

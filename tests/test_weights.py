@@ -182,7 +182,7 @@ def test_non_edsr_and_garbage_files_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not an EDSR/MDSR checkpoint"):
         load_model(tmp_path / "resnet.pt")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="looks like text, not a model; --model takes"):
         load_model(tmp_path / "text.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from edsr.evaluate import BICUBIC, discover, load_pair, super_resolve
-from edsr.inference import Model, resolve_scale
+from edsr.inference import Model, resolve_scale, upscale
 from edsr.io.atomic import atomic_write, check_writable
 from edsr.metrics import psnr
 
@@ -97,15 +97,26 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
     return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
 
 
+def upscale_sample(
+    model: Model, lr: torch.Tensor, scale: int | None = None, *, precision: str | None = None
+) -> torch.Tensor:
+    """The model's uint8 (C, h*s, w*s) result for a uint8 (C, h, w) LR image, run by
+    :func:`edsr.upscale`: the engine, defaults and compute path every other door runs."""
+    out = upscale(lr.permute(1, 2, 0).numpy(), model, scale, precision=precision)
+    return torch.from_numpy(out).permute(2, 0, 1)
+
+
 def run_demo(
     model: Model,
     out_dir: str | os.PathLike,
     *,
-    scale: int = 4,
+    scale: int | None = None,
     samples: str | os.PathLike = SAMPLES,
     model_name: str = "model",
+    precision: str | None = None,
 ) -> list[DemoResult]:
-    """Upscale every sample at ``scale``; write ``<name>_x<scale>_comparison.png`` for each.
+    """Upscale every sample at ``scale`` (None: the model's default, see
+    :mod:`edsr.defaults`); write ``<name>_x<scale>_comparison.png`` for each.
 
     The demo owns those file names in ``out_dir``: a second run replaces them (a newcomer's
     re-run must just work), and leaves every other file there alone.
@@ -120,7 +131,7 @@ def run_demo(
     for hr_path, target in zip(evalset.hr_files, targets, strict=True):
         lr, hr = load_pair(evalset, hr_path, scale)
         bic = super_resolve(BICUBIC, lr, scale)
-        sr = super_resolve(model, lr, scale)
+        sr = upscale_sample(model, lr, scale, precision=precision)
         p_bic = float(psnr(bic, hr, crop_border=scale, y_channel=True)[0])
         p_sr = float(psnr(sr, hr, crop_border=scale, y_channel=True)[0])
         gt, b, s = _hwc(hr), _hwc(bic), _hwc(sr)

@@ -18,6 +18,11 @@ class ImageError(EdsrError):
     """An image could not be read or written."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, SLURM), stopping work as Ctrl-C does; the CLI exits with
+    143, a terminated process's status, where Ctrl-C gives 130."""
+
+
 class Cancelled(Exception):
     """Work stopped because its caller asked (``should_stop``): a server's timeout or shutdown."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -21,15 +22,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edsr import defaults
+from edsr.datasets import find_data
 from edsr.errors import EdsrError, ImageError
 from edsr.inference import describe, ensemble_forward, sr_forward
 from edsr.inference.distributed import SINGLE, Ranks
 from edsr.inference.precision import InferenceModel, prepare_model
-from edsr.io.datasets import DataSet, find_dataset
+from edsr.io.datasets import DataSet, Skip, find_dataset, own_outputs
 from edsr.io.image import read_image, to_8bit, write_png
-from edsr.metrics import psnr, ssim
+from edsr.metrics import SSIM_WINDOW, psnr, ssim
 from edsr.models import SRModel
 from edsr.resize import bicubic_lr, imresize, mod_crop
+from edsr.runtimes import ExportedModel
+from edsr.validators import int_in_range
 
 BICUBIC = "bicubic"
 
@@ -41,9 +46,25 @@ class Protocol:
     gray_as_rgb: bool = False
 
 
-def discover(path: str | os.PathLike[str]) -> DataSet:
-    """The evaluation data set in ``path`` (DIV2K: its ``valid`` split)."""
-    return find_dataset(path, split="valid", what="data")
+def discover(path: str | os.PathLike[str], *, skip: Skip | None = None) -> DataSet:
+    """The evaluation data set ``path`` names (a folder, or a catalogued name found in the data
+    cache: :func:`~edsr.datasets.find_data`); DIV2K: its ``valid`` split. ``skip`` leaves out
+    what the evaluation writes there (:func:`saved_images`)."""
+    return find_dataset(find_data(path), split="valid", what="data", skip=skip)
+
+
+def saved_images(save_images: str | os.PathLike[str]) -> Skip:
+    """What ``--save-images`` writes (``SAVE/<data set>/x<s>/<stem>_x<s>.png``), left out of
+    the data sets read, so a folder evaluated with its outputs saved inside it scores the same
+    images on every run."""
+    root = os.path.realpath(save_images)
+
+    def written(p: Path) -> bool:
+        parts = Path(os.path.relpath(os.path.join(os.path.realpath(p.parent), p.name), root)).parts
+        m = re.fullmatch(r"x(\d+)", parts[1]) if len(parts) == 3 else None
+        return m is not None and parts[2].endswith(f"_x{m.group(1)}.png")
+
+    return own_outputs(save_images, written)
 
 
 def default_protocol(
@@ -88,26 +109,26 @@ def load_pair(evalset: DataSet, hr_path: Path, scale: int) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def super_resolve(
-    model: SRModel | InferenceModel | str,
+    model: SRModel | InferenceModel | ExportedModel | str,
     lr: torch.Tensor,
     scale: int,
     *,
-    self_ensemble: bool = False,
+    ensemble: bool = False,
 ) -> torch.Tensor:
     """uint8 (C, h, w) -> uint8 (C, h*s, w*s), quantized as the protocol requires.
 
-    ``self_ensemble`` averages the 8 flips/rotations before quantizing (the paper's "+" rows).
+    ``ensemble`` averages the 8 flips/rotations before quantizing (the paper's "+" rows).
     """
     if isinstance(model, str):
         return imresize(lr, float(scale))
     device = describe(model).device
     x = lr.unsqueeze(0).to(device=device, dtype=torch.float32)
-    y = (ensemble_forward if self_ensemble else sr_forward)(model, x, scale)[0]
+    y = (ensemble_forward if ensemble else sr_forward)(model, x, scale)[0]
     return y.clamp(0, 255).round().to(torch.uint8).cpu()
 
 
 def evaluate(
-    model: SRModel | InferenceModel | str,
+    model: SRModel | InferenceModel | ExportedModel | str,
     data: Sequence[str | os.PathLike[str]],
     scales: Sequence[int],
     *,
@@ -116,14 +137,15 @@ def evaluate(
     gray_as_rgb: bool = False,
     save_images: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    self_ensemble: bool = False,
+    ensemble: bool = False,
     progress: bool = True,
     ranks: Ranks = SINGLE,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (or ``"bicubic"``) on each data set at each scale.
 
-    ``self_ensemble`` scores the geometric self-ensemble (EDSR+ / MDSR+); bicubic has none.
+    ``data``: folders, or catalogued names found in the data cache (``Set5``). ``ensemble``
+    scores the geometric self-ensemble (EDSR+ / MDSR+); bicubic has none.
     An unreadable image is reported on stderr (one line), left out of the means and listed
     under ``"skipped"``; a data set with no readable image at all is an :class:`EdsrError`.
 
@@ -137,7 +159,8 @@ def evaluate(
     averaged as one process averages them, so every rank returns the report one process would
     (the ``seconds`` are the wall time of all ranks together). Progress shows on rank 0 only.
 
-    ``precision`` (fp32, bf16, fp16, int8, auto) prepares a plain model with
+    ``precision`` (fp32, bf16, fp16, int8, auto; None: :data:`edsr.defaults.SCORING_PRECISION`,
+    the published protocol's fp32) prepares a plain model with
     :func:`~edsr.inference.precision.prepare_model`, so every path is scored by one protocol;
     an already prepared model is used as it is.
     """
@@ -145,8 +168,10 @@ def evaluate(
         raise EdsrError(f"unknown model {model!r}")
     if not scales:
         raise EdsrError("give at least one --scale")
-    if self_ensemble and isinstance(model, str):
-        raise EdsrError("--self-ensemble needs a trained model; bicubic has no ensemble")
+    if shave is not None:
+        int_in_range(shave, "shave", minimum=0)
+    if ensemble and isinstance(model, str):
+        raise EdsrError("--ensemble needs a trained model; bicubic has no ensemble")
     if not isinstance(model, str):
         info = describe(model)
         bad = [s for s in scales if s not in info.scales]
@@ -156,8 +181,12 @@ def evaluate(
         if not isinstance(model, InferenceModel):
             # fp32 channels-last: the same float32 arithmetic in oneDNN's fastest layout (1.2x
             # for MDSR-baseline on a 2-core CPU); the original model is left as it is.
-            model = prepare_model(model, precision=precision)
-    sets = [discover(d) for d in data]
+            model = prepare_model(model, precision=precision or defaults.SCORING_PRECISION)
+    skip = saved_images(save_images) if save_images is not None else None
+    sets = [discover(d, skip=skip) for d in data]
+    for evalset in sets:  # before any work: a mixed LR protocol is refused, not averaged
+        for scale in scales:
+            evalset.check_lr(scale)
     results = []
     skipped: list[dict[str, str]] = []
     for evalset in sets:
@@ -175,7 +204,7 @@ def evaluate(
                 [(i, p) for i, p in mine if p not in unreadable],
                 scale,
                 proto,
-                self_ensemble=self_ensemble,
+                ensemble=ensemble,
                 save_images=save_images,
                 overwrite=overwrite,
                 progress=progress and ranks.main,
@@ -202,7 +231,7 @@ def evaluate(
                 {
                     "dataset": evalset.name,
                     "scale": scale,
-                    "self_ensemble": self_ensemble,
+                    "self_ensemble": ensemble,
                     "psnr": float(np.mean([r["psnr"] for r in per_image])),
                     "ssim": float(np.mean([r["ssim"] for r in per_image])),
                     "images": len(per_image),
@@ -226,20 +255,20 @@ def evaluate(
             "psnr": "mean over images of per-image PSNR",
             "ssim": "Wang et al., Gaussian 11x11 sigma 1.5, valid positions",
         },
-        "self_ensemble": self_ensemble,
+        "self_ensemble": ensemble,
         "results": results,
         "skipped": skipped,
     }
 
 
 def _score_share(
-    model: SRModel | InferenceModel | str,
+    model: SRModel | InferenceModel | ExportedModel | str,
     evalset: DataSet,
     share: list[tuple[int, Path]],
     scale: int,
     proto: Protocol,
     *,
-    self_ensemble: bool,
+    ensemble: bool,
     save_images: str | os.PathLike[str] | None,
     overwrite: bool,
     progress: bool,
@@ -257,10 +286,17 @@ def _score_share(
             out.append((i, str(e)))
             tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
             continue
-        sr = super_resolve(model, lr, scale, self_ensemble=self_ensemble)
+        sr = super_resolve(model, lr, scale, ensemble=ensemble)
         kw: dict[str, Any] = dict(
             crop_border=proto.shave, y_channel=proto.y_channel, gray_as_rgb=proto.gray_as_rgb
         )
+        h, w = hr.shape[-2:]
+        if min(h, w) - 2 * proto.shave < SSIM_WINDOW:
+            left = f"{max(0, w - 2 * proto.shave)}x{max(0, h - 2 * proto.shave)}"
+            raise EdsrError(
+                f"{hr_path} ({w}x{h}) shaved by {proto.shave} leaves {left} pixels, less than "
+                f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window; give a smaller --shave"
+            )
         p = float(psnr(sr, hr, **kw)[0])
         s = float(ssim(sr, hr, **kw)[0])
         out.append((i, {"image": hr_path.name, "psnr": p, "ssim": s}))

@@ -25,14 +25,23 @@ import numpy as np
 import torch
 
 from edsr.errors import EdsrError
-from edsr.inference import describe
-from edsr.inference.onnx_graph import FixedScale, float_graph
-from edsr.inference.quantize import int8_engine
+from edsr.inference import describe, probe_model
+from edsr.inference.descriptor import probe_fields
+from edsr.inference.onnx_graph import FixedScale, float_graph, onnxruntime_available, portable
+from edsr.inference.quantize import Int8Check, Int8Engine, int8_check, int8_engine, int8_tolerance
 from edsr.io.atomic import atomic_write, check_writable
-from edsr.models import MDSR, SRModel
+from edsr.models import MDSR, SRModel, model_from_config
+from edsr.runtimes import META_KEY, TORCHSCRIPT_EXTRA, ExportInfo, load_exported
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
 EXPORT_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript", "safetensors": "a safetensors"}
+#: The file name suffixes each format is written under (the first is the usual one).
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "onnx": (".onnx",),
+    "torchscript": (".pt", ".pth", ".ts", ".jit", ".torchscript"),
+    "safetensors": (".safetensors",),
+}
 
 
 def _export_scale(model: SRModel, scale: int | None) -> int:
@@ -54,13 +63,8 @@ def _export_scale(model: SRModel, scale: int | None) -> int:
 def single_scale_mdsr(model: MDSR, scale: int) -> MDSR:
     """An MDSR holding only the branch for ``scale`` (same outputs at that scale)."""
     k = model.branch(scale)
-    one = MDSR(
-        scales=(scale,),
-        n_resblocks=model.n_resblocks,
-        n_feats=model.n_feats,
-        n_colors=model.n_colors,
-        rgb_range=model.rgb_range,
-    )
+    one = model_from_config({**model.config(), "scales": [scale]})  # every setting kept
+    assert isinstance(one, MDSR)
     sd = {}
     for key, value in model.state_dict().items():
         parts = key.split(".")
@@ -94,40 +98,75 @@ def _quiet_deprecations():
         yield
 
 
+def check_suffix(path: str | os.PathLike, format: str) -> Path:
+    """``path``, refused unless its suffix is one of ``format``'s (:data:`SUFFIXES`)."""
+    dest = Path(path)
+    if dest.suffix.lower() not in SUFFIXES[format]:
+        want = " or *".join(SUFFIXES[format][:2])
+        raise EdsrError(
+            f"{dest.name} is not a name for {_NAMES[format]} file: name it *{want}, or pick "
+            "the --format its suffix means"
+        )
+    return dest
+
+
+def export_info(model: SRModel, scale: int, precision: str = "fp32") -> ExportInfo:
+    """What an exported file of ``model`` at ``scale`` carries for loading it back: the
+    single-scale model's (an MDSR's other branches are not in the file)."""
+    if isinstance(model, MDSR) and len(model.scales) > 1:
+        model = single_scale_mdsr(model, scale)
+    info = describe(model)
+    return ExportInfo(
+        scale=scale,
+        arch=info.arch,
+        n_colors=info.n_colors,
+        rgb_range=info.rgb_range,
+        precision=precision,
+        parameters=info.parameters,
+        config=model.config(),
+        probe=probe_fields(probe_model(model, scale)),
+    )
+
+
 def _write_torchscript(model: SRModel, dest: Path, scale: int) -> None:
     module = _graph_module(model, scale)
+    extra = {TORCHSCRIPT_EXTRA: export_info(model, scale).to_json()}
     with torch.no_grad(), _quiet_deprecations():
         traced = torch.jit.trace(module, _example(model), check_trace=False)
-        torch.jit.save(traced, str(dest))
+        torch.jit.save(traced, str(dest), _extra_files=extra)
 
 
 def _write_onnx(
     model: SRModel, dest: Path, scale: int, int8_from: str | os.PathLike | bool = False
-) -> None:
-    """The fp32 graph, or with ``int8_from`` the int8 one (True: stored calibration)."""
+) -> Int8Engine | None:
+    """The fp32 graph, or with ``int8_from`` the int8 one (True: stored calibration; the
+    engine that made it is returned)."""
     try:
         import onnx
     except ImportError:
         raise EdsrError("ONNX export needs the onnx package: pip install 'edsr[export]'") from None
 
+    engine = None
     if int8_from is False:
-        proto = float_graph(model, scale)
+        proto = portable(float_graph(model, scale))
     else:
         calibrate_on = None if int8_from is True else int8_from
         engine = int8_engine(model, calibrate_on=calibrate_on)
         proto = onnx.load(str(engine.graph_path(scale)))
+    precision = "fp32" if engine is None else "int8"
     meta = {
         "scale": str(scale),
         "input_range": "0..255 float32 RGB, NCHW",
-        "model_config": str(model.config()),
-        "precision": "fp32" if int8_from is False else "int8",
+        "precision": precision,
         "producer": "edsr",
+        META_KEY: export_info(model, scale, precision).to_json(),
     }
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     onnx.save(proto, str(dest))
+    return engine
 
 
 def _write_safetensors(model: SRModel, dest: Path, scale: int | None) -> None:
@@ -147,7 +186,8 @@ class Exported:
     path: Path
     format: str
     scales: tuple[int, ...]
-    max_diff: float | None  # None: not checked (no onnxruntime, or check=False)
+    max_diff: float | None  # None: not checked (no onnxruntime, check=False, or int8)
+    int8: Int8Check | None = None  # int8: measured against fp32 as the int8 record is
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -174,8 +214,13 @@ def export_model(
 
     ``precision="int8"`` (ONNX): the int8 graph, calibrated on the images in ``calibrate``
     (training images; the ranges are stored, so later int8 runs of these weights reuse them)
-    or on ranges stored before; its check reports the difference from fp32 PyTorch without a
-    tolerance (int8 differs by design; ``edsr eval --precision int8`` measures its quality).
+    or on ranges stored before. int8 differs from fp32 by design, so its check is the int8
+    record's measure (:func:`~edsr.inference.quantize.int8_check`: PSNR of both against a
+    photo, p99.9 of their gray-level difference), and an export beyond the record's tolerance
+    is refused.
+
+    ``path`` must carry a suffix of the format (:data:`SUFFIXES`): a ``.png`` holding ONNX is
+    refused.
     """
     if format not in FORMATS:
         raise EdsrError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -189,26 +234,41 @@ def export_model(
         scales = model.scales if scale is None else (_export_scale(model, scale),)
     else:
         scales = (_export_scale(model, scale),)
-    dest = Path(path)
+    dest = check_suffix(path, format)
     check_writable(dest, overwrite=overwrite)
     model = model.eval()
     max_diff: float | None = None
+    measured: Int8Check | None = None
     with atomic_write(dest, overwrite=overwrite) as tmp:
         if format == "onnx":
             int8_from = (calibrate or True) if precision == "int8" else False
-            _write_onnx(model, tmp, scales[0], int8_from)
+            engine = _write_onnx(model, tmp, scales[0], int8_from)
+            if engine is not None and check:
+                measured = _check_int8(model, tmp, scales[0], engine)
+                if not measured.ok:
+                    raise EdsrError(
+                        f"the int8 export is outside its record's tolerance ({measured.summary()});"
+                        f" nothing was written to {dest}: calibrate on the model's training "
+                        "images (--calibrate DIR)"
+                    )
         elif format == "torchscript":
             _write_torchscript(model, tmp, scales[0])
         else:
             _write_safetensors(model, tmp, scale)
-        if check:
+        if check and precision == "fp32":
             max_diff = verify_export(model, tmp, format, scale=scale)
-            if max_diff is not None and precision == "fp32" and not max_diff <= tolerance:
+            if max_diff is not None and not max_diff <= tolerance:
                 raise EdsrError(
                     f"the {format} export differs from PyTorch by {max_diff:.3g} (more than "
                     f"{tolerance:g}); nothing was written to {dest}"
                 )
-    return Exported(dest, format, tuple(scales), max_diff)
+    return Exported(dest, format, tuple(scales), max_diff, measured)
+
+
+def _check_int8(model: SRModel, path: Path, scale: int, engine: Int8Engine) -> Int8Check:
+    # The written file, run by the runner --model uses, against the fp32 model.
+    graph = load_exported(path, "onnx")
+    return int8_check(model, lambda x: graph(x, scale), scale, int8_tolerance(engine.calib))
 
 
 def export_torchscript(
@@ -250,23 +310,17 @@ def verify_export(
     if format == "safetensors":
         from edsr.weights import load_model
 
-        loaded = load_model(path)
+        loaded = load_model(path, device="cpu")
         with torch.no_grad():
             runs = [(s, loaded(x, s)) for s in loaded.scales]
-    elif format == "torchscript":
-        scale = _export_scale(model, scale)
-        with _quiet_deprecations():
-            traced = torch.jit.load(str(path))
-        with torch.no_grad():
-            runs = [(scale, traced(x))]
     else:
+        # Through the runner that --model and load_model use for these files.
         scale = _export_scale(model, scale)
-        try:
-            import onnxruntime as ort
-        except ImportError:
+        if format == "onnx" and not onnxruntime_available():
             return None
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        runs = [(scale, torch.from_numpy(session.run(None, {"input": x.numpy()})[0]))]
+        graph = load_exported(path, format)
+        with torch.no_grad():
+            runs = [(scale, graph(x, scale))]
     worst = 0.0
     for s, got in runs:
         with torch.no_grad():
@@ -278,8 +332,11 @@ def verify_export(
 __all__ = [
     "EXPORT_PRECISIONS",
     "FORMATS",
+    "SUFFIXES",
     "Exported",
+    "check_suffix",
     "FixedScale",
+    "export_info",
     "export_model",
     "export_onnx",
     "export_safetensors",

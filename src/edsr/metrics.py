@@ -145,7 +145,11 @@ def psnr(
     return 10.0 * torch.log10(data_range**2 / mse)
 
 
-def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+#: The side of SSIM's Gaussian window: an image measured must be at least this large.
+SSIM_WINDOW = 11
+
+
+def _gaussian_1d(size: int = SSIM_WINDOW, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x * x) / (2 * sigma * sigma))
     return g / g.sum()
@@ -169,7 +173,7 @@ def ssim(
     """
     a, b = _prepare(sr, hr, crop_border, y_channel, data_range, round_y, gray_as_rgb)
     n, c, h, w = a.shape
-    if h < 11 or w < 11:
+    if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise ValueError(f"ssim needs images of at least 11x11 after cropping, got {h}x{w}")
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2

@@ -168,6 +168,9 @@ def test_parent_that_is_a_file(tmp_path: Path) -> None:
 def test_check_folder_writable(tmp_path: Path) -> None:
     folder = tmp_path / "new" / "out"
     check_folder_writable(folder)
+    assert list(tmp_path.iterdir()) == []  # the folders made to probe are gone again
+    folder.mkdir(parents=True)
+    check_folder_writable(folder)
     assert folder.is_dir() and list(folder.iterdir()) == []
     (tmp_path / "plain").write_bytes(b"")
     with pytest.raises(EdsrError, match="not a folder"):

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from edsr.cli import data, demo, evaluate, export, serve, train, upscale, weights
 from edsr.cli.common import Parser
-from edsr.errors import EdsrError, one_line
+from edsr.errors import EdsrError, Terminated, one_line
 from edsr.version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -43,13 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, docker stop, SLURM) taken as Ctrl-C: training checkpoints, atomic
-    writes remove their temporaries, and the command exits as a terminated process does."""
-
-
 def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+    # Taken as Ctrl-C: atomic writes remove their temporaries, and the command exits as a
+    # terminated process does (training installs its own handler, to checkpoint first).
+    raise Terminated
 
 
 def _show_warning(
@@ -77,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdsrError as e:
         print(f"edsr: error: {e}", file=sys.stderr)
         return 1
-    except _Terminated:
+    except Terminated:
         print("edsr: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:

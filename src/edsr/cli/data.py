@@ -3,34 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from edsr.cli.common import (
+    input_folder,
+    output_folder,
     positive_int,
+    processes,
+    seconds,
 )
 
 
 def add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "data",
-        help="list and download DIV2K, Flickr2K and the benchmark sets",
-        description="Known data sets: downloaded (resumable, checksum-verified) and extracted "
-        "into the layouts 'edsr train' and 'edsr eval' take, under $EDSR_HOME/data by default.",
+        help="list and download DIV2K, Flickr2K, T91, BSD200 and the benchmark sets",
+        description="Known data sets: downloaded (resumable, checksum-verified; T91 and BSD200 "
+        "image by image, each checked by a hash of its decoded pixels) and put into the "
+        "layouts 'edsr train' and 'edsr eval' take, under $EDSR_HOME/data by default.",
     )
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     ls = dsub.add_parser("list", help="the known data sets and which are on disk")
-    ls.add_argument("--root", help="data folder (default: $EDSR_HOME/data)")
+    ls.add_argument("--root", type=output_folder, help="data folder (default: $EDSR_HOME/data)")
     ls.set_defaults(func=_run_data_list)
     dl = dsub.add_parser("download", help="download, verify and extract data sets")
     dl.add_argument("names", nargs="+", metavar="NAME", help="names from 'edsr data list'")
-    dl.add_argument("--root", help="data folder (default: $EDSR_HOME/data)")
+    dl.add_argument("--root", type=output_folder, help="data folder (default: $EDSR_HOME/data)")
     dl.add_argument(
         "--keep-archives", action="store_true", help="keep the zip/tar files after extracting"
     )
     dl.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds without data before an address fails"
+        "--timeout", type=seconds, default=30.0, help="seconds without data before an address fails"
+    )
+    dl.add_argument(
+        "--mirror",
+        metavar="URL",
+        type=_mirror,
+        help="an http(s) address tried before the published ones (default: $EDSR_DATA_MIRROR); "
+        "it holds each archive under its file name and each image of T91/BSD200 as "
+        "NAME/FILE (T91/t1.bmp)",
     )
     dl.add_argument("--quiet", action="store_true", help="no progress bars")
     dl.set_defaults(func=_run_data_download)
+
+
+def _mirror(text: str) -> str:
+    from edsr.datasets.fetch import mirror_base
+    from edsr.errors import EdsrError
+
+    try:
+        return mirror_base(text, what=None) or text
+    except EdsrError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _run_data_list(args: argparse.Namespace) -> int:
@@ -43,18 +67,43 @@ def _run_data_list(args: argparse.Namespace) -> int:
 
 def _run_data_download(args: argparse.Namespace) -> int:
     from edsr.datasets import download_dataset, get_dataset
+    from edsr.datasets.fetch import mirror_base, prepare_root
+    from edsr.errors import EdsrError
 
-    entries = [get_dataset(n) for n in args.names]  # every name checked before any download
-    for entry in entries:
-        folder = download_dataset(
-            entry,
-            args.root,
-            progress=not args.quiet,
-            keep_archives=args.keep_archives,
-            timeout=args.timeout,
-        )
+    # What every name shares is checked once: a bad root or mirror is one line, not one a name;
+    # the root is made only when there is a set to put in it.
+    mirror = mirror_base(args.mirror)
+    root = None
+    failed: list[str] = []
+    for name in args.names:  # each tried, whatever happened to the one before
+        try:
+            entry = get_dataset(name)
+        except EdsrError as e:
+            print(f"edsr: error: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        root = root or prepare_root(args.root)
+        try:
+            folder = download_dataset(
+                entry,
+                root,
+                progress=not args.quiet,
+                keep_archives=args.keep_archives,
+                timeout=args.timeout,
+                mirror=mirror,
+            )
+        except EdsrError as e:
+            print(f"edsr: error: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
         print(f"{entry.name}: {folder}")
-    return 0
+    if failed and len(args.names) > 1:
+        print(
+            f"edsr: error: {len(failed)} of {len(args.names)} data sets not downloaded: "
+            f"{', '.join(failed)}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def add_downscale(sub: argparse._SubParsersAction) -> None:
@@ -65,13 +114,25 @@ def add_downscale(sub: argparse._SubParsersAction) -> None:
         "of HR images, with the LR making 'edsr eval' and 'edsr train' use; images already "
         "done from the same HR file are skipped.",
     )
-    p.add_argument("hr_dir", metavar="HR_DIR", help="folder of HR images (or a benchmark folder)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     p.add_argument(
-        "--scale", dest="scales", type=int, nargs="+", default=[2, 3, 4], help="default: 2 3 4"
+        "hr_dir",
+        metavar="HR_DIR",
+        type=input_folder,
+        help="folder of HR images (or a benchmark folder)",
     )
     p.add_argument(
-        "--jobs", type=positive_int, default=None, help="processes (default: the core count)"
+        "-o", "--output", required=True, metavar="OUT", type=output_folder, help="output folder"
+    )
+    p.add_argument(
+        "--scale",
+        dest="scales",
+        type=positive_int,
+        nargs="+",
+        default=[2, 3, 4],
+        help="default: 2 3 4",
+    )
+    p.add_argument(
+        "--jobs", type=processes, default=None, help="processes (default: the core count)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_downscale)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
     MODEL_HELP,
+    device,
+    input_folder,
+    output_folder,
     positive_int,
 )
 
@@ -22,15 +26,24 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "replaces the comparison PNGs it wrote before.",
     )
     p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--scale", type=positive_int, default=4, help="upscaling factor (default 4)")
-    p.add_argument("--samples", help="folder of HR images to use instead of the bundled samples")
+    p.add_argument(
+        "--scale",
+        type=positive_int,
+        help=f"upscaling factor (default: the model's only scale, else x{defaults.SCALE})",
+    )
+    p.add_argument(
+        "--samples",
+        type=input_folder,
+        help="folder of HR images to use instead of the bundled samples",
+    )
     p.add_argument(
         "-o",
         "--output",
         default="edsr-demo",
+        type=output_folder,
         help="folder for the comparison PNGs (default edsr-demo)",
     )
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--device", default=None, type=device, help=DEVICE_HELP)
     p.set_defaults(func=_run_demo)
 
 
@@ -39,12 +52,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     from edsr.weights import default_model, load_model
 
     spec = args.model or default_model()
-    model = load_model(spec, device=args.device or "auto")
+    model = load_model(spec, device=args.device)
     name = Path(spec).stem if Path(spec).is_file() else spec
     results = run_demo(
         model, args.output, scale=args.scale, samples=args.samples or SAMPLES, model_name=name
     )
-    print(f"model: {name}; LR made with MATLAB bicubic; PSNR on Y, shave {args.scale}")
+    print(f"model: {name}; LR made with MATLAB bicubic; PSNR on Y, shave {results[0].scale}")
     print(format_results(results))
     mean = sum(r.gain for r in results) / len(results)
     print(

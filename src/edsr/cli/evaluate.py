@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
     RES_SCALE_HELP,
+    device,
     on_ranks,
+    output_file,
+    output_folder,
     positive_int,
+    res_scale,
+    whole_number,
 )
-from edsr.errors import EdsrError
 from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
 
 
@@ -28,21 +33,34 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="'bicubic', a checkpoint file or a name from 'edsr weights list' "
         "(default: the bundled MDSR)",
     )
-    p.add_argument("--data", nargs="+", required=True, help="data set folders (HR/, DIV2K or flat)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="data set folders (HR/, DIV2K or flat), or names from 'edsr data list' found in "
+        "the data cache (Set5: ./Set5, else the copy 'edsr data download Set5' made)",
+    )
     p.add_argument(
         "--scale", nargs="+", type=positive_int, required=True, help="scales to evaluate"
     )
     p.add_argument(
-        "--json", dest="json_path", help="write the full results (per image too) to this file"
+        "--json",
+        dest="json_path",
+        type=output_file,
+        help="write the full results (per image too) to this file",
     )
-    p.add_argument("--save-images", help="write the upscaled images under this folder")
+    p.add_argument(
+        "--save-images", type=output_folder, help="write the upscaled images under this folder"
+    )
     colour = p.add_mutually_exclusive_group()
     colour.add_argument(
         "--y-channel", dest="y_channel", action="store_true", default=None, help="measure on Y"
     )
     colour.add_argument("--rgb", dest="y_channel", action="store_false", help="measure on RGB")
     p.add_argument(
-        "--shave", type=int, help="pixels to shave from each border (default: per data set)"
+        "--shave",
+        type=whole_number(0, 1000),
+        help="pixels to shave from each border (default: per data set)",
     )
     p.add_argument(
         "--gray-as-rgb",
@@ -50,21 +68,22 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="measure gray images as R=G=B through Y (the public PyTorch code's way; +1.32 dB)",
     )
     p.add_argument(
-        "--self-ensemble",
+        "--ensemble",
         action="store_true",
         help="score the geometric self-ensemble (the paper's EDSR+/MDSR+ rows; 8x slower)",
     )
-    p.add_argument("--res-scale", type=float, help=RES_SCALE_HELP)
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    # the name this option had before upscale, eval, Python and the server shared one
+    p.add_argument("--self-ensemble", dest="ensemble", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--res-scale", type=res_scale, help=RES_SCALE_HELP)
+    p.add_argument("--device", default=None, type=device, help=DEVICE_HELP)
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing --json/--save-images files"
     )
     p.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
-        default="fp32",
-        help="compute precision to score (default fp32, the published protocol; int8 and "
-        "auto as upscale runs them)",
+        help=f"compute precision to score (default {defaults.SCORING_PRECISION}, the published "
+        "protocol; int8 and auto as upscale runs them)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
@@ -73,21 +92,22 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from edsr.evaluate import BICUBIC, evaluate, format_table
+    from edsr.evaluate import BICUBIC, discover, evaluate, format_table
     from edsr.inference.distributed import Ranks
     from edsr.io.atomic import atomic_write, check_writable
     from edsr.models import SRModel
+    from edsr.runtimes import ExportedModel
     from edsr.weights import load_model
 
-    if args.shave is not None and args.shave < 0:
-        raise EdsrError(f"--shave must be 0 or more, got {args.shave}")
+    for d in args.data:  # a missing or empty data set is said before any download or load
+        discover(d)
 
     # Under torchrun each rank scores its share of the images; rank 0 prints the table and
     # writes --json for all, and its exit status is the command's.
     def work(ranks: Ranks) -> dict:
         if args.json_path:
             ranks.from_main(lambda: check_writable(Path(args.json_path), overwrite=args.overwrite))
-        model: SRModel | str = BICUBIC
+        model: SRModel | ExportedModel | str = BICUBIC
         if args.model != BICUBIC:
             model = ranks.check(
                 lambda: load_model(
@@ -104,7 +124,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             gray_as_rgb=args.gray_as_rgb,
             save_images=args.save_images,
             overwrite=args.overwrite,
-            self_ensemble=args.self_ensemble,
+            ensemble=args.ensemble,
             progress=not args.quiet,
             ranks=ranks,
             precision=args.precision,

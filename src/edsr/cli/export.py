@@ -6,7 +6,10 @@ import argparse
 
 from edsr.cli.common import (
     RES_SCALE_HELP,
+    input_folder,
+    output_file,
     positive_int,
+    res_scale,
 )
 from edsr.export import EXPORT_PRECISIONS, FORMATS
 
@@ -27,13 +30,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         help="checkpoint file (.pt, .pth or .safetensors) or a name from 'edsr weights list'",
     )
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("-o", "--output", required=True, type=output_file, help="file to write")
     p.add_argument(
         "--scale",
         type=positive_int,
         help="the scale to export (required for ONNX/TorchScript of a multi-scale MDSR)",
     )
-    p.add_argument("--res-scale", type=float, help=RES_SCALE_HELP)
+    p.add_argument("--res-scale", type=res_scale, help=RES_SCALE_HELP)
     p.add_argument(
         "--precision",
         choices=EXPORT_PRECISIONS,
@@ -43,6 +46,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibrate",
         metavar="DIR",
+        type=input_folder,
         help="int8: measure activation ranges on these images (the model's training images, "
         "never ones you evaluate on); stored for later int8 runs",
     )
@@ -51,10 +55,17 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from edsr.export import export_model
+    from edsr.errors import EdsrError
+    from edsr.export import check_suffix, export_model
+    from edsr.models import SRModel
     from edsr.weights import load_model
 
+    check_suffix(args.output, args.format)  # before any model is loaded
     model = load_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
+    if not isinstance(model, SRModel):
+        raise EdsrError(
+            f"{args.model} is an exported graph already; export from the checkpoint it came from"
+        )
     done = export_model(
         model,
         args.output,
@@ -64,7 +75,9 @@ def _run_export(args: argparse.Namespace) -> int:
         precision=args.precision,
         calibrate=args.calibrate,
     )
-    if done.max_diff is None:
+    if done.int8 is not None:
+        check = done.int8.summary()
+    elif done.max_diff is None:
         check = "not checked: onnxruntime is not installed"
     else:
         check = f"{args.precision}, max |diff| vs PyTorch fp32 {done.max_diff:.1e}"

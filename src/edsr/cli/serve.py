@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
+    device,
+    existing_folder,
+    memory_size,
+    positive_float,
     positive_int,
+    processes,
+    seconds,
+    whole_number,
 )
 from edsr.errors import EdsrError
 from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
@@ -28,8 +36,18 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "(default: the bundled model)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (default 20)")
+    p.add_argument(
+        "--port",
+        type=whole_number(0, 65535),
+        default=8000,
+        help="port (default 8000; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=positive_float(2.0**20),
+        default=20.0,
+        help="largest upload (default 20)",
+    )
     p.add_argument(
         "--max-pixels",
         type=positive_int,
@@ -37,26 +55,48 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="largest input image (default 4000000)",
     )
     p.add_argument(
-        "--workers", type=positive_int, default=1, help="images upscaled at once (default 1)"
+        "--workers", type=processes, default=1, help="images upscaled at once (default 1)"
     )
     p.add_argument(
-        "--queue", type=int, default=4, help="requests that may wait for a worker (default 4)"
+        "--queue",
+        type=whole_number(0, 100_000),
+        default=4,
+        help="requests that may wait for a worker (default 4)",
     )
     p.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds a request may take (default 300)"
+        "--timeout",
+        type=seconds,
+        default=300.0,
+        help="seconds a request may take once its upload is in (default 300)",
     )
     p.add_argument(
-        "--max-memory", help="tile working memory per worker, e.g. 2GiB (default: automatic)"
+        "--upload-timeout",
+        type=seconds,
+        default=30.0,
+        help="seconds an upload may take to arrive; a slower one gets 408 (default 30)",
     )
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument(
+        "--max-uploads",
+        type=whole_number(1, 10_000),
+        default=16,
+        help="uploads that may be arriving at once; the next gets 503 (default 16)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=memory_size,
+        help="tile working memory per worker, e.g. 2GiB (default: automatic)",
+    )
+    p.add_argument("--device", default=None, type=device, help=DEVICE_HELP)
     p.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
-        help="prepare the models for this precision (as upscale's --precision; default: "
-        "the plain fp32 model)",
+        help=f"compute precision of the models (as upscale's --precision; default "
+        f"{defaults.PRECISION})",
     )
     p.add_argument(
-        "--tmp-dir", help="where the server's temporary folder goes (default: system temp)"
+        "--tmp-dir",
+        type=existing_folder,
+        help="where the server's temporary folder goes (default: system temp)",
     )
     p.add_argument("--quiet", action="store_true", help="no access log")
     p.set_defaults(func=_run_serve)
@@ -69,16 +109,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise EdsrError(
             f"edsr serve needs the 'serve' extra: pip install 'edsr[serve]' (missing: {e.name})"
         ) from None
-    if not 0 <= args.port <= 65535:
-        raise EdsrError(f"--port must be 0 to 65535, got {args.port}")
-    if not args.max_upload_mb > 0:
-        raise EdsrError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     config = ServeConfig(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
         workers=args.workers,
         queue=args.queue,
         timeout=args.timeout,
+        upload_timeout=args.upload_timeout,
+        max_uploads=args.max_uploads,
         max_memory=args.max_memory,
         tmp_dir=args.tmp_dir,
     )

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
     MODEL_HELP,
     RES_SCALE_HELP,
+    device,
+    memory_size,
     on_ranks,
+    output_path,
     positive_int,
+    res_scale,
     say_to_stderr,
 )
 from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
@@ -27,21 +32,26 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
         help="image files or directories (searched recursively), or one video file",
     )
     p.add_argument(
-        "-o", "--output", required=True, help="output directory, or a file name for one input"
+        "-o",
+        "--output",
+        required=True,
+        type=output_path,
+        help="output directory, or a file name for one input",
     )
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument(
         "--scale",
         type=positive_int,
-        help="upscaling factor (default: the model's only scale, else x4)",
+        help=f"upscaling factor (default: the model's only scale, else x{defaults.SCALE})",
     )
-    p.add_argument("--res-scale", type=float, help=RES_SCALE_HELP)
-    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--res-scale", type=res_scale, help=RES_SCALE_HELP)
+    p.add_argument("--device", default=None, type=device, help=DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
         "--skip-existing",
         action="store_true",
-        help="leave inputs whose output exists alone (resume a folder where it stopped)",
+        help="leave inputs whose output exists alone (resume a folder where it stopped); "
+        "an input modified since its output was written is done again",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -55,6 +65,7 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-memory",
         metavar="SIZE",
+        type=memory_size,
         help="memory for the model's work, e.g. 2GB, 512MiB "
         "(default: half the free RAM, 80%% of a GPU's)",
     )
@@ -66,10 +77,10 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
-        default="auto",
-        help="compute precision (default auto: the fastest path that keeps the quality on "
-        "this device: int8 on CPUs with VNNI/AMX for models measured to keep it, else bf16 on "
-        "GPUs and CPUs with AMX or AVX-512 BF16, else fp32; -v prints the choice)",
+        help=f"compute precision (default {defaults.PRECISION}; auto: the fastest path that "
+        "keeps the quality on this device: int8 on CPUs with VNNI/AMX for models measured to "
+        "keep it, else bf16 on GPUs and CPUs with AMX or AVX-512 BF16, else fp32; -v prints "
+        "the choice)",
     )
     p.add_argument(
         "--compile",
@@ -85,7 +96,10 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
 def _run_upscale(args: argparse.Namespace) -> int:
     from edsr.inference import BatchResult, upscale_files
     from edsr.inference.distributed import Ranks
+    from edsr.io.datasets import find_images
     from edsr.weights import load_model
+
+    find_images(args.inputs)  # a missing input is said before any download or model load
 
     # Under torchrun each rank upscales its share; rank 0 prints for all and its exit status
     # is the command's (torchrun fails the command when one rank does).
@@ -100,7 +114,8 @@ def _run_upscale(args: argparse.Namespace) -> int:
             main_first=True,  # a download into the cache happens once
         )
         if args.verbose and ranks.main:
-            print(explain_precision(model, args.precision, ranks.device(args.device)))
+            precision = args.precision or defaults.PRECISION
+            print(explain_precision(model, precision, ranks.device(args.device)))
         return upscale_files(
             args.inputs,
             args.output,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from edsr.cli.common import output_file, res_scale, seconds
 from edsr.errors import EdsrError
 
 
@@ -26,7 +27,7 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
     dl.add_argument("--all", action="store_true", help="every entry")
     dl.add_argument("--force", action="store_true", help="download again even if cached")
     dl.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds without data before an address fails"
+        "--timeout", type=seconds, default=30.0, help="seconds without data before an address fails"
     )
     dl.add_argument("--quiet", action="store_true", help="no progress bar")
     dl.set_defaults(func=_run_weights_download)
@@ -37,8 +38,10 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
         "safetensors) or a registry name to self-describing safetensors.",
     )
     imp.add_argument("file", help="checkpoint file or registry name")
-    imp.add_argument("-o", "--output", required=True, help="output .safetensors file")
-    imp.add_argument("--res-scale", type=float, help="residual scaling, if not the paper's")
+    imp.add_argument(
+        "-o", "--output", required=True, type=output_file, help="output .safetensors file"
+    )
+    imp.add_argument("--res-scale", type=res_scale, help="residual scaling, if not the paper's")
     imp.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")

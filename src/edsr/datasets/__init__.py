@@ -4,7 +4,7 @@ the MATLAB-exact LR maker for folders of HR images (``downscale``)."""
 
 from edsr.datasets.catalogue import CATALOGUE, DATASETS, Archive, DataSetEntry
 from edsr.datasets.downscale import downscale_folder
-from edsr.datasets.fetch import data_root, download_dataset, get_dataset, status
+from edsr.datasets.fetch import data_root, download_dataset, find_data, get_dataset, status
 
 __all__ = [
     "CATALOGUE",
@@ -14,6 +14,7 @@ __all__ = [
     "data_root",
     "download_dataset",
     "downscale_folder",
+    "find_data",
     "get_dataset",
     "status",
 ]

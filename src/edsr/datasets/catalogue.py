@@ -6,11 +6,17 @@ from a copy of unknown origin; the ``source`` of each says which. Where only MD5
 MD5 it is. A file without a published checksum has ``checksum=None`` and is checked by its
 size only (``edsr data list`` says "unverified"). Sizes are exact bytes where published, else
 None (the server's length is then checked instead).
+
+Sets published only as single image files in a repository at a pinned commit (T91, BSD200)
+are checked image by image, by a hash of the decoded pixels (``images.tsv`` beside this file,
+one line per image): the repositories publish no checksum, and the pixels, unlike the file
+bytes, are the same in the source BMP and in the PNG made from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from edsr.io.download import Checksum
 
@@ -37,12 +43,49 @@ class Archive:
 
 
 @dataclass(frozen=True)
+class ImageFile:
+    """One image of a set published file by file: ``path`` under the set's base addresses,
+    stored as ``FOLDER/HR/{name}.png``, checked by ``pixels`` (see ``images.pixel_digest``)."""
+
+    name: str
+    path: str
+    width: int
+    height: int
+    pixels: str
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """A set published as single image files, each fetched from ``base_urls[i] + path`` and
+    checked by the hash of its decoded pixels."""
+
+    base_urls: tuple[str, ...]
+    source: str
+    files: tuple[ImageFile, ...]
+
+
+#: The pixel hashes, one line per image: set, name, path, width, height, pixel SHA-256.
+IMAGE_TABLE = Path(__file__).with_name("images.tsv")
+
+
+def _image_table() -> dict[str, tuple[ImageFile, ...]]:
+    rows: dict[str, list[ImageFile]] = {}
+    for line in IMAGE_TABLE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            table, name, path, width, height, pixels = line.split("\t")
+            image = ImageFile(name, path, int(width), int(height), pixels)
+            rows.setdefault(table, []).append(image)
+    return {k: tuple(v) for k, v in rows.items()}
+
+
+@dataclass(frozen=True)
 class DataSetEntry:
     """A data set ``edsr data download NAME`` knows: its archives and the folder they fill.
 
     ``folder`` (under the data root) is what ``edsr train --train`` / ``edsr eval --data``
     take. ``manual`` is set, and ``archives`` empty, for a set with no public download: it
-    says how to get it.
+    says how to get it. ``images`` is set, and ``archives`` empty, for a set published image
+    by image; they go to ``FOLDER/HR/``.
     """
 
     name: str
@@ -50,6 +93,7 @@ class DataSetEntry:
     folder: str
     archives: tuple[Archive, ...]
     manual: str | None = None
+    images: ImageFiles | None = None
 
 
 def _div2k(split: str, what: str, size: int, sha256: str) -> Archive:
@@ -118,6 +162,18 @@ _DIV2K_TRAIN = (
     ),
 )
 
+# Both sets, as BMP (T91) and PNG (BSD200), in one repository; the commit pins the bytes.
+_DCSCN = (
+    "https://raw.githubusercontent.com/jiny2001/dcscn-super-resolution/"
+    "d382bc30d41c94ac72f8cb148d61cc4864b3b380/"
+)
+_DCSCN_SOURCE = (
+    "jiny2001/dcscn-super-resolution at d382bc30 ({}); pixel hashes computed from PNG copies "
+    "checked pixel by pixel against it"
+)
+
+_IMAGES = _image_table()
+
 _BENCHMARK_MD5 = Checksum("md5", "4ace41d33c2384b97e6b320cd0afd6ba")
 
 
@@ -172,6 +228,20 @@ CATALOGUE: tuple[DataSetEntry, ...] = (
     _benchmark("Set14", "14 images (Zeyde et al. 2010), HR and bicubic LR x2/x3/x4"),
     _benchmark("B100", "100 BSD300 test images (Martin et al. 2001), HR and bicubic LR x2/x3/x4"),
     _benchmark("Urban100", "100 urban scenes (Huang et al. 2015), HR and bicubic LR x2/x3/x4"),
+    DataSetEntry(
+        "T91",
+        "91 training images (Yang et al. 2010), HR only: the LR images are made when training",
+        "T91",
+        (),
+        images=ImageFiles((_DCSCN,), _DCSCN_SOURCE.format("data/yang91/*.bmp"), _IMAGES["T91"]),
+    ),
+    DataSetEntry(
+        "BSD200",
+        "the 200 BSDS300 training images (Martin et al. 2001), HR only; with T91 the 291 set",
+        "BSD200",
+        (),
+        images=ImageFiles((_DCSCN,), _DCSCN_SOURCE.format("data/bsd200/*.png"), _IMAGES["BSD200"]),
+    ),
     DataSetEntry(
         "Manga109",
         "109 manga volumes' covers and pages (Matsui et al. 2017)",

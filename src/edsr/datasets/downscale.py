@@ -7,6 +7,10 @@ train`` call when a data set has no LR files, so a folder made here scores exact
 built-in LR making scores. ``OUT/.edsr-downscale.json`` records, per image, the SHA-256 of
 the HR file and the size of each LR image written: a rerun skips an image whose record, HR
 hash and output sizes all still hold, and redoes anything else.
+
+``OUT`` may be the input folder or lie inside it: the ``HR/`` and ``LR_bicubic/`` written there
+(all of ``OUT``, when inside) are never read back as input images. An image with alpha keeps
+it in its LR images (bicubic of the alpha, beside the colour LR that evaluation reads).
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ from pathlib import Path
 from edsr.errors import EdsrError, ImageError
 from edsr.io.atomic import atomic_open, atomic_write
 from edsr.io.cache import sha256_file
-from edsr.io.datasets import find_dataset
+from edsr.io.datasets import DataSet, find_dataset, own_outputs
 from edsr.io.image import read_image, to_8bit, write_png
 from edsr.models import check_scales
 from edsr.resize import bicubic_lr, mod_crop
 
-__all__ = ["MANIFEST", "DownscaleReport", "downscale_folder"]
+__all__ = ["MANIFEST", "DownscaleReport", "WriteFailed", "downscale_folder"]
 
 MANIFEST = ".edsr-downscale.json"
 # Bump when the LR images made here change, so records of older ones are not trusted.
@@ -59,27 +63,60 @@ def _png_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+class WriteFailed(EdsrError):
+    """Writing into the output folder failed (disk full, permissions): the run stops, since
+    the next image would fail the same way; unlike an unreadable input, which is skipped."""
+
+
 def _make_one(hr: str, out: str, scales: tuple[int, ...], digest: str) -> dict:
-    """Write one image's HR copy and LR images; return its manifest record."""
+    """Write one image's HR copy and LR images; return its manifest record.
+
+    An image refused (unreadable, smaller than a scale) is refused before anything of it is
+    written; a failed write raises :class:`WriteFailed`."""
     src, root = Path(hr), Path(out)
     img = read_image(src)
     pixels = to_8bit(img.pixels)  # what evaluation reads, so the LR is made from the same
+    too_small = [s for s in scales if min(mod_crop(pixels, s).shape[:2]) == 0]
+    if too_small:
+        h, w = pixels.shape[:2]
+        raise ImageError(f"{src} ({w}x{h}) is smaller than the scale x{too_small[0]}")
+    alpha = None if img.alpha is None else to_8bit(img.alpha)[:, :, None]
     dst = root / "HR" / f"{src.stem}.png"
-    if not (dst.exists() and dst.resolve() == src.resolve()):
-        if src.suffix.lower() == ".png":
-            with open(src, "rb") as f, atomic_open(dst, overwrite=True) as g:
-                shutil.copyfileobj(f, g, 1 << 20)
-        else:
-            write_png(dst, img.pixels, img.alpha, overwrite=True, icc_profile=img.icc_profile)
     sizes = {}
-    for s in scales:
-        if min(mod_crop(pixels, s).shape[:2]) == 0:
-            h, w = pixels.shape[:2]
-            raise ImageError(f"{src} ({w}x{h}) is smaller than the scale x{s}")
-        lr = bicubic_lr(pixels, s)
-        write_png(_lr_path(root, src.stem, s), lr, overwrite=True)
-        sizes[str(s)] = [lr.shape[1], lr.shape[0]]
+    try:
+        if not (dst.exists() and dst.resolve() == src.resolve()):
+            if src.suffix.lower() == ".png":
+                with open(src, "rb") as f, atomic_open(dst, overwrite=True) as g:
+                    shutil.copyfileobj(f, g, 1 << 20)
+            else:
+                write_png(dst, img.pixels, img.alpha, overwrite=True, icc_profile=img.icc_profile)
+        for s in scales:
+            lr = bicubic_lr(pixels, s)
+            lr_alpha = None if alpha is None else bicubic_lr(alpha, s)[:, :, 0]
+            write_png(_lr_path(root, src.stem, s), lr, lr_alpha, overwrite=True)
+            sizes[str(s)] = [lr.shape[1], lr.shape[0]]
+    except EdsrError as e:
+        raise WriteFailed(str(e)) from None
     return {"sha256": digest, "lr_sizes": sizes}
+
+
+def _hr_images(hr_dir: Path, out: Path) -> DataSet:
+    """The input images: never the ``HR/`` and ``LR_bicubic/`` written into ``out`` (all of
+    ``out`` when it lies inside ``hr_dir``), so ``downscale X -o X`` reads the user's images on
+    every run, not its own copies."""
+    mine = [os.path.realpath(out / "HR"), os.path.realpath(out / "LR_bicubic")]
+
+    def written(p: Path) -> bool:
+        q = os.path.realpath(p)
+        return any(q == m or q.startswith(m + os.sep) for m in mine)
+
+    try:
+        return find_dataset(hr_dir, what="HR", skip=own_outputs(out, written))
+    except ImageError:
+        if not (hr_dir / "HR").is_dir():
+            raise
+        # a benchmark folder downscaled into itself: its HR/ is the input and the output
+        return find_dataset(hr_dir, what="HR")
 
 
 def _is_done(record: object, digest: str, out: Path, stem: str, scales: Sequence[int]) -> bool:
@@ -123,13 +160,15 @@ def downscale_folder(
 
     ``hr_dir`` is a folder of images (searched recursively), a benchmark folder (its ``HR/``)
     or a DIV2K folder. ``jobs`` processes work in parallel (default: the core count). An
-    unreadable image is reported, counted in ``failed`` and left out; everything written is
-    written atomically.
+    unreadable image is reported, counted in ``failed`` and left out; a failed write (a full
+    disk) stops the run with :class:`WriteFailed`; everything written is written atomically,
+    and the record of the images finished is kept either way.
     """
     from tqdm import tqdm
 
     scales = check_scales(scales)
-    files = find_dataset(hr_dir, what="HR").hr_files
+    root = Path(out)
+    files = _hr_images(Path(hr_dir), root).hr_files
     stems: dict[str, Path] = {}
     for f in files:
         if f.stem in stems:
@@ -138,7 +177,6 @@ def downscale_folder(
                 "rename one or downscale the folders separately"
             )
         stems[f.stem] = f
-    root = Path(out)
     manifest_path = root / MANIFEST
     records = _read_manifest(manifest_path)
     report = DownscaleReport()
@@ -153,6 +191,9 @@ def downscale_folder(
     bar = tqdm(total=len(todo), desc="downscale", unit="img", disable=not progress, file=sys.stderr)
 
     def done(f: Path, result: dict | BaseException) -> None:
+        if isinstance(result, WriteFailed):
+            kept = f"{report.written} image{'s' if report.written != 1 else ''}"
+            raise WriteFailed(f"{result}; stopped, the {kept} finished are kept") from None
         if isinstance(result, EdsrError):
             report.failed.append(str(result))
             tqdm.write(f"skipped: {result}", file=sys.stderr)
@@ -163,6 +204,7 @@ def downscale_folder(
             report.written += 1
         bar.update(1)
 
+    finished = False
     try:
         if jobs == 1:
             for f, digest in todo:
@@ -176,13 +218,23 @@ def downscale_folder(
                 jobs, mp_context=ctx, initializer=_init_worker
             ) as pool:
                 futures = {pool.submit(_make_one, str(f), str(root), scales, d): f for f, d in todo}
-                for fut in concurrent.futures.as_completed(futures):
-                    exc = fut.exception()
-                    done(futures[fut], exc if exc is not None else fut.result())
+                try:
+                    for fut in concurrent.futures.as_completed(futures):
+                        exc = fut.exception()
+                        done(futures[fut], exc if exc is not None else fut.result())
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # a full disk: the rest would fail too
+                    raise
+        finished = True
     finally:
         bar.close()
-        if todo:  # what finished is recorded even when the run stops part-way
-            with atomic_write(manifest_path, overwrite=True) as tmp:
-                payload = {"version": _VERSION, "images": records}
-                tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        if report.written:  # what finished is recorded even when the run stops part-way
+            try:
+                with atomic_write(manifest_path, overwrite=True) as tmp:
+                    payload = {"version": _VERSION, "images": records}
+                    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+            except EdsrError:
+                if finished:
+                    raise
+                # else the error that stopped the run (a full disk) is the one to tell
     return report

@@ -13,6 +13,8 @@ __all__ = ["format_table"]
 def _size(entry: DataSetEntry) -> str:
     if entry.manual is not None:
         return "-"
+    if entry.images is not None:
+        return "unpublished"
     sizes = [a.size for a in entry.archives]
     if None in sizes:
         return "unpublished"
@@ -23,6 +25,8 @@ def _size(entry: DataSetEntry) -> str:
 def _checksums(entry: DataSetEntry) -> str:
     if entry.manual is not None:
         return "-"
+    if entry.images is not None:
+        return "pixel SHA-256"
     labels = {a.checksum.label if a.checksum else "unverified" for a in entry.archives}
     return "/".join(sorted(labels))
 
@@ -34,10 +38,14 @@ def format_table(entries: list[DataSetEntry], root: str | os.PathLike[str] | Non
     for e in entries:
         st = status(e, base)
         state = st.state
+        parts = len(e.images.files) if e.images is not None else len(e.archives)
         if state == "partial":
-            state = f"partial ({st.archives_done} of {len(e.archives)} files)"
+            kind = "images" if e.images is not None else "files"
+            state = f"partial ({st.archives_done} of {parts} {kind})"
         files = ", ".join(sorted({a.filename for a in e.archives})) or "(by hand)"
-        if len(e.archives) > 2:
+        if e.images is not None:
+            files = f"{parts} images"
+        elif len(e.archives) > 2:
             files = f"{len(e.archives)} zip files"
         rows.append((e.name, files, _size(e), _checksums(e), state, str(st.folder)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -9,7 +9,6 @@ memory of a job), ``arrays`` (the PIL/numpy/tensor API), ``files`` (files and fo
 
 from edsr.inference.arrays import ImageLike, upscale, upscale_tensor
 from edsr.inference.descriptor import (
-    DEFAULT_SCALE,
     Model,
     ModelInfo,
     ModelProbe,
@@ -44,7 +43,6 @@ from edsr.inference.tiling import (
 from edsr.io.png import PngStripWriter
 
 __all__ = [
-    "DEFAULT_SCALE",
     "LONG_JOB_SECONDS",
     "BatchResult",
     "ImageLike",

@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from edsr.errors import EdsrError
 from edsr.inference.descriptor import Model, resolve_scale
 from edsr.inference.engine import ArraySink, TensorSink, TileBar, array_input, chain, run_tiled
+from edsr.inference.precision import compute_model
 from edsr.inference.tiling import OnTile, ShouldStop
 
 ImageLike = TypeVar("ImageLike", PILImage.Image, np.ndarray, torch.Tensor)
@@ -41,7 +42,8 @@ def upscale_tensor(
     output assembled in one preallocated buffer on ``x``'s device; the result equals
     whole-image inference. ``ensemble`` averages the 8 flips/rotations. ``on_tile(done,
     total)`` is told the progress; ``should_stop()``, asked before each tile, cancels with
-    :class:`~edsr.errors.Cancelled`.
+    :class:`~edsr.errors.Cancelled`. ``model`` runs as given: :func:`upscale` is the door
+    that runs a plain model on the default compute path.
     """
     scale = resolve_scale(model, scale)
     if x.ndim != 4:
@@ -75,6 +77,7 @@ def upscale(
     tile: int | None = None,
     max_memory: int | str | None = None,
     ensemble: bool = False,
+    precision: str | None = None,
     on_tile: OnTile | None = None,
     should_stop: ShouldStop | None = None,
 ) -> ImageLike:
@@ -87,12 +90,20 @@ def upscale(
 
     The model always sees 0..255, which is what the official weights were trained on.
     Integer outputs are rounded and clipped; float outputs are clipped to the input range.
-    Without ``scale``, a model's only scale, else x4 (else its largest). Large images are
-    processed in exact tiles (``tile``, ``max_memory``: see :func:`upscale_tensor`);
-    ``ensemble=True`` is the paper's self-ensemble (EDSR+/MDSR+). ``on_tile(done, total)``
-    reports progress and ``should_stop()`` cancels (:class:`~edsr.errors.Cancelled`) between
-    tiles. For speed, pass a model from :func:`edsr.inference.precision.prepare_model`.
+    Without ``scale``, a model's only scale, else x4 (else its largest): see
+    :mod:`edsr.defaults`. Large images are processed in exact tiles (``tile``,
+    ``max_memory``: see :func:`upscale_tensor`); ``ensemble=True`` is the paper's
+    self-ensemble (EDSR+/MDSR+). ``on_tile(done, total)`` reports progress and
+    ``should_stop()`` cancels (:class:`~edsr.errors.Cancelled`) between tiles.
+
+    The model runs on the compute path ``edsr upscale`` runs: ``precision`` left out is
+    ``auto`` (bf16 on GPUs and on CPUs that compute it natively, else fp32), and a plain model
+    is prepared for it on first use and the prepared copy reused while the model's weights,
+    device and mode stay the same (:func:`~edsr.inference.precision.compute_model`); the model
+    itself is not changed. ``precision="fp32"`` runs in float32 throughout; a model from
+    :func:`~edsr.inference.precision.prepare_model` runs as prepared.
     """
+    model = compute_model(model, precision)
     opts: dict[str, Any] = {
         "tile": tile,
         "max_memory": max_memory,

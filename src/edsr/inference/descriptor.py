@@ -24,15 +24,13 @@ from typing import cast
 import torch
 from torch import nn
 
+from edsr import defaults
 from edsr.errors import EdsrError
 from edsr.inference.precision import InferenceModel, precision_name, unwrap
-from edsr.models import SRModel
+from edsr.models import SRModel, count_parameters
+from edsr.runtimes import ExportedModel, ExportInfo
 
-Model = SRModel | InferenceModel
-
-#: The scale used when a multi-scale model is given none: the README's examples and the
-#: paper's headline results are x4.
-DEFAULT_SCALE = 4
+Model = SRModel | InferenceModel | ExportedModel
 
 
 @dataclass(frozen=True)
@@ -47,14 +45,12 @@ class ModelInfo:
     dtype: torch.dtype  # the compute dtype of the body (bf16/fp16 for a prepared model)
     precision: str  # "fp32", "bf16" or "fp16"
     module: nn.Module  # the plain EDSR/MDSR (under an InferenceModel's wrapper)
-    parameters: int
+    parameters: int  # edsr.models.count_parameters: learned weights, mean shifts left out
 
     @property
     def default_scale(self) -> int:
-        """The model's only scale, else x4 when it has it, else its largest."""
-        if len(self.scales) == 1:
-            return self.scales[0]
-        return DEFAULT_SCALE if DEFAULT_SCALE in self.scales else max(self.scales)
+        """The scale without one asked for: :func:`edsr.defaults.default_scale`."""
+        return defaults.default_scale(self.scales)
 
     def receptive_field(self, scale: int) -> int:
         """LR pixels of context a tile needs on each side for exact output at ``scale``."""
@@ -62,7 +58,11 @@ class ModelInfo:
 
 
 def describe(model: nn.Module) -> ModelInfo:
-    """The :class:`ModelInfo` of an EDSR/MDSR model, plain or prepared (``prepare_model``)."""
+    """The :class:`ModelInfo` of an EDSR/MDSR model, plain or prepared (``prepare_model``), or
+    of an exported file loaded back (:class:`~edsr.runtimes.ExportedModel`: what its export
+    stored)."""
+    if isinstance(unwrap(model), ExportedModel):
+        return _describe_exported(model)
     module = cast(SRModel, unwrap(model))
     dtype = model.dtype if isinstance(model, InferenceModel) else None
     params = list(module.parameters())
@@ -80,7 +80,24 @@ def describe(model: nn.Module) -> ModelInfo:
         dtype=dtype,
         precision=precision_name(dtype),
         module=module,
-        parameters=sum(p.numel() for p in params),
+        parameters=count_parameters(module),
+    )
+
+
+def _describe_exported(model: nn.Module) -> ModelInfo:
+    exported = cast(ExportedModel, unwrap(model))
+    info = exported.info
+    dtype = torch.qint8 if info.precision == "int8" else torch.float32
+    return ModelInfo(
+        arch=info.arch,
+        scales=exported.scales,
+        n_colors=info.n_colors,
+        rgb_range=info.rgb_range,
+        device=exported.device,
+        dtype=dtype,
+        precision=info.precision,
+        module=exported,
+        parameters=info.parameters,
     )
 
 
@@ -135,6 +152,8 @@ def probe_model(model: nn.Module, scale: int) -> ModelProbe:
     residual block, body conv, upsampler; MDSR's 5x5 pre-processing blocks; the tail at HR).
     """
     base = describe(model).module
+    if isinstance(base, ExportedModel):
+        return stored_probe(base.info, scale)
     cached = _PROBES.get(base, {}).get(scale)
     if cached is not None:
         return cached
@@ -145,6 +164,32 @@ def probe_model(model: nn.Module, scale: int) -> ModelProbe:
         probe = _probe(base, scale)
         _PROBES.setdefault(base, {})[scale] = probe
         return probe
+
+
+def stored_probe(info: ExportInfo, scale: int) -> ModelProbe:
+    """The probe an export stored (:func:`probe_fields` of the source model at its scale)."""
+    if scale != info.scale:
+        raise EdsrError(f"this exported graph upscales x{info.scale}, not x{scale}")
+    p = info.probe
+    return ModelProbe(
+        scale=info.scale,
+        reach=Fraction(p["reach"]),
+        overlap=int(p["overlap"]),
+        bytes_per_pixel=int(p["bytes_per_pixel"]),
+        out_bytes_per_pixel=int(p["out_bytes_per_pixel"]),
+        macs_per_pixel=int(p["macs_per_pixel"]),
+    )
+
+
+def probe_fields(probe: ModelProbe) -> dict[str, int | str]:
+    """``probe`` as an export stores it in :attr:`ExportInfo.probe` (JSON values)."""
+    return {
+        "reach": str(probe.reach),
+        "overlap": probe.overlap,
+        "bytes_per_pixel": probe.bytes_per_pixel,
+        "out_bytes_per_pixel": probe.out_bytes_per_pixel,
+        "macs_per_pixel": probe.macs_per_pixel,
+    }
 
 
 def _probe(base: nn.Module, scale: int) -> ModelProbe:

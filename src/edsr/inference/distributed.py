@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from edsr import defaults
 from edsr.errors import EdsrError
 
 T = TypeVar("T")
@@ -62,11 +63,14 @@ class Ranks:
         return self.world > 1
 
     def device(self, requested: str | None = None) -> str:
-        """The device for this rank's model. Nothing asked (or ``auto``): CUDA where present,
-        ``cuda:LOCAL_RANK`` for a rank of several, else the CPU; a plain ``cuda`` for a rank of
-        several is its own GPU too; anything else (``cpu``, ``cuda:N``) is kept as asked."""
+        """The device for this rank's model. Nothing asked is :data:`edsr.defaults.DEVICE`;
+        ``auto``: CUDA where present, ``cuda:LOCAL_RANK`` for a rank of several, else the CPU;
+        a plain ``cuda`` for a rank of several is its own GPU too; anything else (``cpu``,
+        ``cuda:N``) is kept as asked."""
         cuda = torch.cuda.is_available()
-        if requested in (None, "auto"):
+        if requested is None:
+            requested = defaults.DEVICE
+        if requested == "auto":
             if not cuda:
                 return "cpu"
             return f"cuda:{self.local_rank}" if self.spread else "cuda"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +14,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from edsr import defaults
 from edsr.errors import EdsrError, ImageError
 from edsr.inference.descriptor import Model, resolve_scale
 from edsr.inference.distributed import SINGLE, Ranks
 from edsr.inference.engine import ArraySink, StripSink, TileBar, array_input, chain, run_tiled
-from edsr.inference.estimate import plan_job
+from edsr.inference.estimate import Announcer, plan_job
 from edsr.inference.memory import format_bytes, host_available_memory
-from edsr.inference.precision import prepare_model
+from edsr.inference.precision import compute_model, prepare_model
 from edsr.inference.tiling import OnTile, ShouldStop
 from edsr.io.atomic import atomic_open, check_folder_writable, check_writable, remove_stale_temps
-from edsr.io.datasets import find_images
+from edsr.io.datasets import find_images, own_outputs
 from edsr.io.image import OUTPUT_EXTENSIONS, max_side, read_image, write_image
 from edsr.io.png import PngStripWriter
 from edsr.io.video import VIDEO_EXTENSIONS
@@ -130,8 +132,9 @@ def upscale_image_file(
 
     The output is assembled in memory and written atomically, or, for a PNG too large to hold
     (over a quarter of the free RAM, or when ``stream`` is True), written band by band as the
-    tiles finish, so memory stays at one band of rows plus the tiles' working memory. Before a
-    job estimated at over a minute, ``say`` is given the estimate (tiles, memory, time).
+    tiles finish, so memory stays at one band of rows plus the tiles' working memory. A job
+    estimated at over a minute is said to ``say`` (time, tiles, memory): timed on its first
+    tile when it has several (see :class:`~edsr.inference.estimate.Announcer`).
     ``progress`` shows the tiles of the image; ``on_tile``/``should_stop`` as in
     :func:`~edsr.inference.upscale`.
     """
@@ -170,13 +173,12 @@ def upscale_image_file(
         ensemble=ensemble,
         max_tile_seconds=PROGRESS_TILE_SECONDS if progress or on_tile else None,
     )
-    if estimate.long and say is not None:
-        say(f"{src.name}: {estimate}")
+    announce = Announcer(estimate, say, src.name) if say is not None else None
     bar = TileBar(progress, desc=src.name)
     opts: dict[str, Any] = {
         "plan": estimate.plan,
         "ensemble": ensemble,
-        "on_tile": chain(bar, on_tile),
+        "on_tile": chain(announce, bar, on_tile),
         "should_stop": should_stop,
     }
     x = array_input(pixels, vr)
@@ -202,9 +204,10 @@ def upscale_image_file(
 
 
 def _prepared(model: Model, precision: str | None, compile: bool) -> Model:
-    if precision is None and not compile:
-        return model
-    return prepare_model(model, precision=precision or "fp32", compile=compile)
+    # the same prepared copy edsr.upscale runs, unless compiling (a one-off, not kept)
+    if not compile:
+        return compute_model(model, precision)
+    return prepare_model(model, precision=precision or defaults.PRECISION, compile=True)
 
 
 def upscale_files(
@@ -230,15 +233,16 @@ def upscale_files(
     """Upscale image files, directories or one video into ``output``.
 
     Before any work: every destination is checked (an existing one is an error without
-    ``overwrite``, skipped with ``skip_existing``), the output folders must be writable, and
+    ``overwrite``, skipped with ``skip_existing`` unless its input was modified after it was
+    written, then replaced), the output folders must be writable, and
     temporaries a killed earlier run left there are removed. In a batch of several images, an
     input that cannot be read goes to :attr:`BatchResult.failed` with its reason and the run
     goes on; nothing is half-written. A run of one image raises its error instead. ``say``
     gets one-line notes (the estimate before a long image). Without
     ``scale``: the model's only scale, else x4. Images are tiled (see
     :func:`~edsr.inference.upscale_tensor`), so any size fits in memory;
-    ``precision``/``compile`` prepare the model once (see
-    :func:`~edsr.inference.precision.prepare_model`); ``frames`` limits videos.
+    ``precision`` (None: :data:`edsr.defaults.PRECISION`) and ``compile`` prepare the model
+    once (see :func:`~edsr.inference.precision.compute_model`); ``frames`` limits videos.
 
     ``ranks`` (from :func:`edsr.inference.distributed.join` under torchrun) splits the images
     over the processes, each with ``model`` on its own device: rank 0 alone does the checks
@@ -287,8 +291,10 @@ def upscale_files(
 
     # One rank checks the output place and clears stale temporaries while the others wait:
     # no rank writes before that is done, and none removes a temporary another is writing.
-    n_files, jobs, skipped = ranks.from_main(
-        lambda: _plan_images(paths, output, scale, overwrite=overwrite, skip_existing=skip_existing)
+    n_files, jobs, skipped, stale = ranks.from_main(
+        lambda: _plan_images(
+            paths, output, scale, overwrite=overwrite, skip_existing=skip_existing, say=say
+        )
     )
 
     def work() -> list[tuple[int, Path | str]]:
@@ -304,7 +310,7 @@ def upscale_files(
                     dst,
                     prepared,
                     scale,
-                    overwrite=overwrite,
+                    overwrite=overwrite or dst in stale,
                     stream=stream,
                     progress=progress,
                     should_stop=should_stop,
@@ -335,25 +341,74 @@ def _plan_images(
     *,
     overwrite: bool,
     skip_existing: bool,
-) -> tuple[int, list[tuple[Path, Path]], list[Path]]:
-    """The images found, the ``(src, dst)`` jobs and the inputs skipped as already written,
-    after the checks :func:`upscale_files` makes before any work."""
+    say: Say | None = None,
+) -> tuple[int, list[tuple[Path, Path]], list[Path], set[Path]]:
+    """The images found, the ``(src, dst)`` jobs, the inputs skipped as already written and
+    the outputs to replace because their input changed since, after the checks
+    :func:`upscale_files` makes before any work.
+
+    Outputs are never inputs: folders are scanned without the output folder when it lies
+    inside them, and without the ``*_x<scale>.png`` files in it (the names results get), so a
+    rerun into a folder inside the input, or into the input folder itself, reads only what
+    the user put there."""
+    skip, left_out = _results_left_out(output, scale)
     files: list[Path] = []
     roots: list[Path | None] = []
     for item in paths:
-        found = find_images([item])
+        found = find_images([item], skip=skip)
         files += found
         roots += [item if item.is_dir() else None] * len(found)
     dests = output_paths(files, roots, output, scale)
     skipped: list[Path] = []
     jobs: list[tuple[Path, Path]] = []
+    stale: set[Path] = set()
     for src, dst in zip(files, dests, strict=True):
         if skip_existing and os.path.lexists(dst):
-            skipped.append(src)
-            continue
-        check_writable(dst, overwrite=overwrite)
+            if not _changed_since(src, dst):
+                skipped.append(src)
+                continue
+            stale.add(dst)
+        else:
+            check_writable(dst, overwrite=overwrite)
         jobs.append((src, dst))
+    if left_out and say is not None:
+        names = ", ".join(str(p) for p in left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        say(f"not read as inputs (results of this command go there): {names}")
     for folder in sorted({dst.parent for _, dst in jobs}):
         check_folder_writable(folder)
         remove_stale_temps(folder)
-    return len(files), jobs, skipped
+    return len(files), jobs, skipped, stale
+
+
+def _results_left_out(
+    output: str | os.PathLike[str], scale: int
+) -> tuple[Callable[[Path, Path], bool], list[Path]]:
+    """The ``skip`` for :func:`find_images` that leaves this run's outputs out of its inputs,
+    and the list it fills with what it left out. ``output`` naming one file: that file."""
+    output = Path(output)
+    left_out: list[Path] = []
+    if output.suffix and not output.is_dir():
+        target = os.path.realpath(output)
+        inner = own_outputs(output.parent, lambda p: os.path.realpath(p) == target, tree=False)
+    else:
+        name = re.compile(rf".+_x{scale}\.png", re.IGNORECASE)  # output_paths' names
+        inner = own_outputs(output, lambda p: name.fullmatch(p.name) is not None)
+
+    def skip(root: Path, path: Path) -> bool:
+        if inner(root, path):
+            left_out.append(path)
+            return True
+        return False
+
+    return skip, left_out
+
+
+def _changed_since(src: Path, dst: Path) -> bool:
+    """True when ``src`` was modified after its output ``dst`` was written, or ``dst`` is empty
+    (no image is 0 bytes; this package's atomic writes never leave one): with
+    ``--skip-existing`` such an output is out of date, and is replaced."""
+    try:
+        st = dst.stat()
+        return st.st_size == 0 or src.stat().st_mtime_ns > st.st_mtime_ns
+    except OSError:
+        return False  # a dangling output link: left alone, as any existing output

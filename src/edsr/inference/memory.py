@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
-from edsr.errors import EdsrError
+from edsr.validators import memory_size as parse_memory
 
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kb": 1000, "kib": 1024,
-    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
-    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
-}  # fmt: skip
-
-
-def parse_memory(text: str | int | float) -> int:
-    """Bytes in a size such as ``"2GB"`` (10^9), ``"512MiB"`` (2^20), ``"1.5G"`` or ``1000000``."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), ""
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-        if not m or m.group(2).lower() not in _UNITS:
-            raise EdsrError(f"cannot read the memory size {text!r}; write e.g. 2GB, 512MiB or 1.5G")
-        value, unit = float(m.group(1)), m.group(2).lower()
-    size = int(value * _UNITS[unit])
-    if size <= 0:
-        raise EdsrError(f"the memory size must be positive, got {text!r}")
-    return size
+__all__ = ["default_memory_budget", "format_bytes", "host_available_memory", "parse_memory"]
 
 
 def format_bytes(n: float) -> str:

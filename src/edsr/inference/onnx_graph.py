@@ -7,6 +7,7 @@ import io
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,6 +67,60 @@ def float_graph(model: SRModel, scale: int, *, opset: int = ONNX_OPSET) -> Any:
     return onnx.load_model_from_string(buf.getvalue())
 
 
+def portable(graph: Any) -> Any:
+    """``graph`` (an fp32 :func:`float_graph`, changed in place) in operators that OpenCV's
+    ``cv2.dnn`` runs from 4.5 on, as well as onnxruntime, at any height and width.
+
+    OpenCV before 4.11 has no ``DepthToSpace`` layer and cannot run the reshapes with computed
+    shapes that spell it otherwise, so each pixel shuffle (CRD, block r) becomes a transposed
+    convolution with stride r, one group per output channel and fixed 0/1 weights: output
+    pixel (c, y*r+i, x*r+j) is input channel c*r*r + i*r + j times 1, exactly. And the exporter's
+    ``Identity`` of a weight (the two mean shifts share one matrix) becomes a copy of that
+    weight: OpenCV 4.5 takes an Identity's input for a layer output. The output tensors keep
+    their names. The int8 graphs keep ``DepthToSpace``, which onnxruntime runs in int8.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = {t.name: t for t in graph.graph.initializer}
+    made_by = {o: n for n in graph.graph.node for o in n.output}
+    nodes = list(graph.graph.node)
+    del graph.graph.node[:]
+    for node in nodes:
+        if node.op_type == "Identity" and node.input[0] in weights:
+            copy = TensorProto()
+            copy.CopyFrom(weights[node.input[0]])
+            copy.name = node.output[0]
+            graph.graph.initializer.append(copy)
+            continue
+        if node.op_type == "DepthToSpace":
+            attrs = {a.name: a for a in node.attribute}
+            mode = attrs["mode"].s.decode() if "mode" in attrs else "DCR"
+            if mode != "CRD":
+                raise ValueError(f"expected a CRD pixel shuffle, got {mode} in {node.name}")
+            r = int(attrs["blocksize"].i)
+            maker = made_by[node.input[0]]
+            channels = int(weights[maker.input[1]].dims[0])  # the conv feeding the shuffle
+            w = np.zeros((channels, 1, r, r), np.float32)
+            k = np.arange(channels)
+            w[k, 0, (k % (r * r)) // r, k % r] = 1.0
+            name = f"{node.output[0]}.shuffle"
+            graph.graph.initializer.append(numpy_helper.from_array(w, name))
+            graph.graph.node.append(
+                helper.make_node(
+                    "ConvTranspose",
+                    [node.input[0], name],
+                    list(node.output),
+                    name=node.name,
+                    kernel_shape=[r, r],
+                    strides=[r, r],
+                    group=channels // (r * r),
+                )
+            )
+            continue
+        graph.graph.node.append(node)
+    return graph
+
+
 def onnxruntime_available() -> bool:
     try:
         import onnx  # noqa: F401
@@ -86,5 +141,6 @@ __all__ = [
     "FixedScale",
     "float_graph",
     "onnxruntime_available",
+    "portable",
     "require_onnxruntime",
 ]

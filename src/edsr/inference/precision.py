@@ -14,18 +14,22 @@ bf16 channels-last 9.99 s; a large 3x3 conv peaks at 143 GFLOP/s in fp32 but 30 
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
+from edsr import defaults
 from edsr.errors import EdsrError, one_line
 from edsr.inference.calibration import int8_meets_bar
 from edsr.inference.fused import fused_forward, fused_kernels_available
 from edsr.inference.quantize import Int8Engine, int8_engine
 from edsr.models import SRModel
+from edsr.runtimes import ExportedModel
 
 Precision = Literal["fp32", "bf16", "fp16", "int8", "auto"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "auto")
@@ -117,6 +121,8 @@ def chosen_precision(
     model: nn.Module, precision: str = "auto", device: torch.device | str | None = None
 ) -> str:
     """The precision name :func:`prepare_model` runs ``model`` in for ``precision``."""
+    if isinstance(model, ExportedModel):
+        return exported_precision(model, precision)
     if isinstance(model, InferenceModel):
         return model.precision if precision == "auto" else precision
     if device is None:
@@ -130,6 +136,8 @@ def chosen_precision(
 def explain_precision(model: nn.Module, precision: str, device: torch.device | str) -> str:
     """One line for ``-v``: the path chosen, and the CPU flags and quality record behind it."""
     name = chosen_precision(model, precision, device)
+    if isinstance(unwrap(model), ExportedModel):
+        return f"precision: {name} (an exported graph runs as it was exported)"
     why = "as asked" if precision != "auto" else "auto"
     if torch.device(device).type == "cpu":
         flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"})
@@ -141,6 +149,16 @@ def explain_precision(model: nn.Module, precision: str, device: torch.device | s
             ok = int8_meets_bar(model)
             why += "; int8 " + ("measured within" if ok else "not shown within") + " the bar"
     return f"precision: {name} ({why})"
+
+
+def exported_precision(model: ExportedModel, precision: str | None) -> str:
+    """The precision an exported graph runs in: its own; asking for another is an error."""
+    if precision not in (None, "auto", model.precision):
+        raise EdsrError(
+            f"{model.path.name} is an exported {model.precision} graph and runs in "
+            f"{model.precision} only; leave --precision at auto, or export again"
+        )
+    return model.precision
 
 
 def precision_name(dtype: torch.dtype) -> str:
@@ -276,6 +294,12 @@ def prepare_model(
     """
     if isinstance(model, InferenceModel):
         model = model.base
+    if isinstance(model, ExportedModel):
+        # Already a graph for its runtime: nothing to fold, cast or fuse.
+        if compile:
+            raise EdsrError("--compile is for checkpoints; an exported graph runs as exported")
+        name = exported_precision(model, precision)
+        return InferenceModel(model, _DTYPES[name], channels_last=False)
     if device is None:
         # a plain module here (describe() builds on this file, so it cannot be used)
         device = next(model.parameters()).device
@@ -319,6 +343,49 @@ def prepare_model(
     return InferenceModel(base, dtype, channels_last, compiled=compile, fused=fused)
 
 
+_PREPARED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, InferenceModel]] = (
+    weakref.WeakKeyDictionary()
+)
+_PREPARED_LOCK = threading.Lock()
+
+
+def _state(model: nn.Module, precision: str) -> tuple:
+    """What a prepared copy of ``model`` depends on. A parameter's ``_version`` moves with
+    every in-place change (an optimizer step, ``load_state_dict``), its ``data_ptr`` with a
+    replaced tensor, so a model fine-tuned after an upscale is never run from a stale copy."""
+    params = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+    config = getattr(model, "config", None)
+    return precision, model.training, params, repr(config()) if callable(config) else None
+
+
+def compute_model(model: nn.Module, precision: str | None = None) -> InferenceModel:
+    """``model`` on the compute path every door runs: ``precision`` (None:
+    :data:`edsr.defaults.PRECISION`, ``auto``) prepared by :func:`prepare_model` on the
+    model's device, as ``edsr upscale`` does.
+
+    A plain model is prepared on first use and the copy kept for as long as the model lives;
+    it is prepared again when its weights, device, dtype or mode change, so the model itself
+    stays trainable and exportable. A model already prepared runs as it is (asking it for
+    another precision is a ``ValueError``: prepare the plain model for that).
+    """
+    if isinstance(model, InferenceModel):
+        if precision not in (None, "auto", model.precision):
+            raise ValueError(
+                f"this model is prepared for {model.precision}; prepare the plain model "
+                f"for {precision} instead"
+            )
+        return model
+    precision = defaults.PRECISION if precision is None else precision
+    key = _state(model, precision)
+    with _PREPARED_LOCK:
+        hit = _PREPARED.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        prepared = prepare_model(model, precision=precision)
+        _PREPARED[model] = (key, prepared)
+        return prepared
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The eager model behind an :class:`InferenceModel` (or the model itself)."""
     return model.base if isinstance(model, InferenceModel) else model
@@ -333,6 +400,8 @@ __all__ = [
     "cpu_has_int8_dot",
     "cpu_has_native_bf16",
     "chosen_precision",
+    "exported_precision",
+    "compute_model",
     "explain_precision",
     "precision_name",
     "prepare_model",

@@ -18,7 +18,9 @@ onnxruntime's graph (556): on two cores the stream's float passes, not the kerne
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,14 @@ import numpy as np
 import torch
 
 from edsr.errors import EdsrError
-from edsr.inference.calibration import Calibration, cache_dir, calibrate, find_calibration
+from edsr.inference.calibration import BAR, Calibration, cache_dir, calibrate, find_calibration
 from edsr.inference.onnx_graph import float_graph, require_onnxruntime
 from edsr.io.atomic import atomic_write
+from edsr.io.image import read_image, to_8bit
+from edsr.metrics import psnr
 from edsr.models import SRModel
+from edsr.resize import bicubic_lr
+from edsr.runtimes import ort_session
 
 # What becomes int8: every convolution's input, weights and output, but not the residual
 # stream itself (see float_stream). Measured on Set5 with the stage-3 bundled model,
@@ -152,6 +158,65 @@ def float_stream(graph: Any, kept: Sequence[str]) -> Any:
     return graph
 
 
+# The int8 check of an export: a crop of a bundled sample photo (HR), made LR the papers' way.
+CHECK_IMAGE = "zebra.png"
+CHECK_CROP = 192  # HR pixels a side: divisible by 2, 3 and 4
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """int8 against fp32, measured as the int8 record measures it: PSNR against the HR image
+    (Y, shave = scale) for both, and the 99.9th percentile of their gray-level difference."""
+
+    psnr_fp32: float
+    psnr_int8: float
+    p999: float
+    tolerance: float  # the most gray levels (p99.9) the record allows these weights
+
+    @property
+    def ok(self) -> bool:
+        return self.p999 <= self.tolerance
+
+    def summary(self) -> str:
+        return (
+            f"int8 vs fp32: PSNR {self.psnr_int8:.2f} vs {self.psnr_fp32:.2f} dB "
+            f"({self.psnr_int8 - self.psnr_fp32:+.3f}), p99.9 {self.p999:g} gray levels "
+            f"(tolerance {self.tolerance:g})"
+        )
+
+
+def int8_tolerance(calib: Calibration) -> float:
+    """The p99.9 gray levels int8 may differ from fp32 by for these weights: the worst the
+    record measured (its ``quality``), else what the bar asks (:data:`BAR`)."""
+    measured = calib.quality.get("p999_gray_levels", {})
+    levels = [float(v) for per_set in measured.values() for v in per_set.values()]
+    return max(levels) if levels else float(BAR["gray_levels_p999"])
+
+
+@torch.no_grad()
+def int8_check(
+    model: SRModel,
+    run_int8: Callable[[torch.Tensor], torch.Tensor],
+    scale: int,
+    tolerance: float,
+) -> Int8Check:
+    """Measure ``run_int8`` (the int8 graph at ``scale``) against ``model`` in fp32."""
+    sample = resources.files("edsr.assets") / "samples" / CHECK_IMAGE
+    with resources.as_file(sample) as path:
+        hr = to_8bit(read_image(path).pixels)[:CHECK_CROP, :CHECK_CROP, : model.n_colors]
+    lr = bicubic_lr(hr, scale)
+    x = torch.from_numpy(lr).permute(2, 0, 1)[None].float()
+    fp = model.float().cpu().eval()(x, scale).round().clamp(0, 255)
+    q = run_int8(x).round().clamp(0, 255)
+    target = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None]
+    return Int8Check(
+        psnr_fp32=float(psnr(fp, target, crop_border=scale)[0]),
+        psnr_int8=float(psnr(q, target, crop_border=scale)[0]),
+        p999=float(np.percentile((fp - q).abs().numpy(), 99.9)),
+        tolerance=tolerance,
+    )
+
+
 class Int8Engine:
     """``engine(x, scale)``: float32 NCHW 0..255 in, float32 out, through onnxruntime int8."""
 
@@ -176,18 +241,7 @@ class Int8Engine:
 
     def session(self, scale: int) -> Any:
         if scale not in self._sessions:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            # onnxruntime's threads otherwise busy-wait after each run, taking the cores
-            # from whatever runs next (measured: a oneDNN conv after an int8 run at 124
-            # instead of 213 GFLOP/s on two cores).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.log_severity_level = 3
-            self._sessions[scale] = ort.InferenceSession(
-                str(self.graph_path(scale)), options, providers=["CPUExecutionProvider"]
-            )
+            self._sessions[scale] = ort_session(self.graph_path(scale))
         return self._sessions[scale]
 
     def __call__(self, x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -217,11 +271,15 @@ def int8_engine(
 
 
 __all__ = [
+    "CHECK_IMAGE",
     "LAYOUT",
     "QUANTIZED_OPS",
+    "Int8Check",
     "Int8Engine",
     "float_nodes",
     "float_stream",
+    "int8_check",
     "int8_engine",
+    "int8_tolerance",
     "quantized_graph",
 ]

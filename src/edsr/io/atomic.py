@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edsr.errors import EdsrError, one_line
+from edsr.validators import output_file, output_folder
 
 __all__ = [
     "STALE_TEMP_AGE",
@@ -72,27 +73,34 @@ def check_writable(dest: str | os.PathLike[str], *, overwrite: bool) -> None:
     dest = Path(dest)
     if dest.is_dir():
         raise EdsrError(f"{dest} is a directory; give a file name")
+    output_file(dest)  # a file in its path, or a folder this process cannot write in
     if not overwrite and os.path.lexists(dest):
         raise _exists_error(dest)
 
 
 def check_folder_writable(folder: str | os.PathLike[str]) -> None:
-    """Check, before any work, that files can be created in ``folder`` (made if missing).
+    """Check, before any work, that files can be created in ``folder``.
 
     Creates and removes one temporary file: permission bits do not tell (root ignores them,
-    a read-only mount or a full quota does not show in them).
+    a read-only mount or a full quota does not show in them). The folders made for it are
+    removed again, so a run that fails later leaves nothing; the writers make them anew.
     """
-    folder = Path(folder)
+    folder = output_folder(folder)
+    made = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp, fd = _create_temp(folder / "probe")
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     except FileExistsError:
         raise EdsrError(f"cannot write to {folder}: it is not a folder") from None
     except OSError as e:
         raise _write_error(folder, e) from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
+    finally:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 # --------------------------------------------------------------------------------------------

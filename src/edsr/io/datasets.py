@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +19,37 @@ from edsr.errors import EdsrError, ImageError, one_line
 from edsr.io.image import IMAGE_EXTENSIONS
 
 Layout = Literal["benchmark", "div2k", "folder"]
+
+#: ``skip(root, path)``: True for a file or folder found under the scanned folder ``root`` that
+#: a scan must not read (see :func:`own_outputs`).
+Skip = Callable[[Path, Path], bool]
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def own_outputs(
+    folder: str | os.PathLike[str], written: Callable[[Path], bool], *, tree: bool = True
+) -> Skip:
+    """What a command writing into ``folder`` must not read back: outputs are never inputs.
+
+    With ``tree``, the whole of ``folder`` when it lies strictly inside the scanned folder
+    (``upscale d -o d/out``: a rerun must not upscale ``d/out``, whatever scale wrote it).
+    Anywhere under ``folder`` (``-o d`` itself, or ``folder`` above the scanned one), the files
+    for which ``written(path)`` is true: the names the command gives its results.
+    """
+    out = os.path.realpath(folder)
+
+    def skip(root: Path, path: Path) -> bool:
+        # where the entry lives, not where a symlink points
+        p = os.path.join(os.path.realpath(path.parent), path.name)
+        if not _within(p, out):
+            return False
+        r = os.path.realpath(root)
+        return (tree and out != r and _within(out, r)) or written(path)
+
+    return skip
 
 
 @dataclass(frozen=True)
@@ -41,18 +72,41 @@ class DataSet:
                 return cand
         return None
 
+    def check_lr(self, scale: int) -> None:
+        """Refuse a data set that ships LR images at ``scale`` for some HR images but not for
+        all: scoring the missing ones on computed LR images would mix two protocols."""
+        if self.lr_root is None:
+            return
+        missing = [hr for hr in self.hr_files if self.lr_path(hr, scale) is None]
+        if not missing or len(missing) == len(self.hr_files):
+            return
+        folder = self.lr_root / f"X{scale}"
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise EdsrError(
+            f"{folder / f'{missing[0].stem}x{scale}.png'} is missing{more}, but the other LR "
+            f"images at x{scale} are given; restore it, or remove {folder} to make every LR "
+            "image by bicubic"
+        )
 
-def _images_in(folder: Path) -> tuple[Path, ...]:
+
+def _images_in(folder: Path, skip: Skip | None = None) -> tuple[Path, ...]:
     """The images directly in ``folder`` (an HR folder is flat), sorted by name."""
     return tuple(
         p
         for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not (skip is not None and skip(folder, p))
     )
 
 
 def find_dataset(
-    path: str | os.PathLike[str], *, split: str = "valid", what: str = "data"
+    path: str | os.PathLike[str],
+    *,
+    split: str = "valid",
+    what: str = "data",
+    skip: Skip | None = None,
 ) -> DataSet:
     """Recognise the layout of the data set folder ``path``.
 
@@ -60,6 +114,8 @@ def find_dataset(
     for training). ``what`` names the folder in messages ("training", "validation", "data").
     A folder that is missing is an :class:`EdsrError`; one that holds no image, an
     :class:`~edsr.errors.ImageError` (an EdsrError) from :func:`edsr.io.image.no_images_error`.
+    ``skip`` (see :func:`own_outputs`) leaves out what the caller itself writes there, an
+    ``HR/`` folder included (then the folder is read as a flat one).
     """
     root = Path(path)
     if not root.exists():
@@ -75,16 +131,16 @@ def find_dataset(
     lr: Path | None
     if div2k_hr:
         hr_dir = next((d for d in div2k_hr if f"_{split}_" in d.name), div2k_hr[0])
-        files = _images_in(hr_dir)
+        files = _images_in(hr_dir, skip)
         lr = root / hr_dir.name.replace("_HR", "_LR_bicubic")
         kind, name = "div2k", "DIV2K"
-    elif (root / "HR").is_dir():
-        files = _images_in(root / "HR")
+    elif (root / "HR").is_dir() and not (skip is not None and skip(root, root / "HR")):
+        files = _images_in(root / "HR", skip)
         lr = root / "LR_bicubic"
         kind, name = "benchmark", root.name
     else:
         try:
-            files = tuple(find_images([root]))
+            files = tuple(find_images([root], skip=skip))
         except ImageError:
             files = ()
         lr = None
@@ -115,11 +171,12 @@ def no_images_error(
     )
 
 
-def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def find_images(paths: Sequence[str | os.PathLike[str]], *, skip: Skip | None = None) -> list[Path]:
     """Expand files and directories into a list of image files.
 
     Directories are scanned recursively for files whose suffix (any case) is in
-    IMAGE_EXTENSIONS, skipping hidden files and directories; each directory's result is sorted.
+    IMAGE_EXTENSIONS, skipping hidden files and directories, and what ``skip(folder, path)``
+    refuses (a command's own outputs, :func:`own_outputs`); each directory's result is sorted.
     Files named explicitly are kept whatever their suffix. Duplicates are dropped, keeping the
     first occurrence.
     """
@@ -135,7 +192,7 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if not stat.S_ISDIR(st.st_mode):
             found.append(p)
             continue
-        images = _scan_dir(p)
+        images = _scan_dir(p, skip)
         if not images:
             raise no_images_error(p, "input", [FLAT_LAYOUT])
         found.extend(images)
@@ -149,16 +206,21 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return unique
 
 
-def _scan_dir(root: Path) -> list[Path]:
+def _scan_dir(root: Path, skip: Skip | None = None) -> list[Path]:
     def fail(e: OSError) -> None:
         where = e.filename or root
         raise ImageError(f"{where}: cannot read directory ({one_line(e.strerror or e)})")
 
+    def keep(path: Path) -> bool:
+        return skip is None or not skip(root, path)
+
     images = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden dirs
+        # hidden folders and skipped ones (an output tree) are pruned, not walked
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and keep(Path(dirpath, d))]
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                images.append(Path(dirpath, name))
+                if keep(Path(dirpath, name)):
+                    images.append(Path(dirpath, name))
     # Sort on path components so the order is the same whatever os.walk returned.
     return sorted(images, key=lambda q: q.relative_to(root).parts)

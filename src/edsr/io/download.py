@@ -1,17 +1,18 @@
 """The one HTTP downloader: weights and data sets both fetch through it.
 
 A transfer writes into a file the caller names (a temporary one for weights, a ``.part`` file
-for data sets, kept between runs), checks the size it must have and a checksum of any
-``hashlib`` algorithm, and raises :class:`FetchFailed` with a short reason for every way it
-can go wrong. With ``resume``, bytes already in the file are kept and the server is asked for
-the rest (``Range: bytes=N-``); a server that ignores the request answers 200 with the whole
-file, and the transfer starts over from byte 0. :func:`download` tries addresses in order and
-publishes a verified file atomically (``edsr.io.atomic``), so a file at its final path has
-always been checked.
+for data sets, kept between runs), every byte as it arrives, checks the size it must have and a
+checksum of any ``hashlib`` algorithm, and raises :class:`FetchFailed` with a short reason for
+every way it can go wrong. With ``resume``, bytes already in the file are kept and the server is
+asked for the rest (``Range: bytes=N-``); a server that ignores the request answers 200 with
+the whole file, and the transfer starts over from byte 0. :func:`download` tries addresses in
+order and publishes a verified file atomically (``edsr.io.atomic``), so a file at its final
+path has always been checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -227,16 +228,24 @@ def fetch_url(
                     file=sys.stderr,
                 )
                 with bar, open(dest, "ab" if have else "wb") as f:
-                    while chunk := resp.read(_CHUNK):
-                        received += len(chunk)
-                        if have + received > limit:
-                            raise FetchFailed(
-                                f"server sent more than the expected {limit:,} bytes",
-                                discard=True,
-                            )
-                        f.write(chunk)
-                        h.update(chunk)
-                        bar.update(len(chunk))
+                    try:
+                        # read1: what has arrived, not a full MiB, so a transfer broken off
+                        # (a cut, a stall, Ctrl-C) has written every byte received so far.
+                        while chunk := resp.read1(_CHUNK):
+                            received += len(chunk)
+                            if have + received > limit:
+                                raise FetchFailed(
+                                    f"server sent more than the expected {limit:,} bytes",
+                                    discard=True,
+                                )
+                            f.write(chunk)
+                            f.flush()  # in the OS's hands: survives the process being killed
+                            h.update(chunk)
+                            bar.update(len(chunk))
+                    finally:
+                        with contextlib.suppress(OSError):
+                            f.flush()
+                            os.fsync(f.fileno())  # and on disk, for the next run to resume
         else:
             with open(dest, "rb") as f:
                 while chunk := f.read(_CHUNK):

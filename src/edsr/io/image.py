@@ -1,4 +1,4 @@
-"""Reading and writing images: the one place that knows the formats this package takes.
+"""Reading and writing images; the formats this package takes are tabled in :mod:`edsr.io.formats`.
 
 Everything is turned into an :class:`Image`: ``pixels`` of shape (H, W, C) with C = 1 (gray) or 3
 (RGB), dtype uint8 or uint16, an optional (H, W) ``alpha`` of the same dtype, and the ICC colour
@@ -30,7 +30,27 @@ from PIL import ImageOps, UnidentifiedImageError
 
 from edsr.errors import EdsrError, ImageError, one_line
 from edsr.io.atomic import atomic_write_stream
-from edsr.io.png import PNG_MAX_SIDE, PngError, encode_png, parse_png, peek_header
+from edsr.io.formats import (
+    IMAGE_EXTENSIONS,
+    KEEPS_ICC,
+    MAX_PIXELS_ENV,
+    OUTPUT_EXTENSIONS,
+    PIL_WRITERS,
+    PILLOW_FORMATS,
+    first_frame_note,
+    frame_count,
+    max_side,
+    normal_suffix,
+)
+from edsr.io.png import (
+    PNG_MAX_SIDE,
+    PNG_SIGNATURE,
+    PngError,
+    as_libpng_reads_it,
+    encode_png,
+    parse_png,
+    peek_header,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -46,50 +66,6 @@ __all__ = [
     "write_image",
     "write_png",
 ]
-
-#: The suffixes of the images this package reads: what a folder scan takes, what the CLI and the
-#: server accept. Animated GIF and multi-page TIFF: the first frame, with a warning.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-)
-
-#: Pillow's names for the formats of IMAGE_EXTENSIONS: MPO is what Pillow calls many camera
-#: JPEGs, DIB a BMP without its file header.
-PILLOW_FORMATS: frozenset[str] = frozenset(
-    {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "WEBP", "GIF"}
-)
-
-#: Environment variable that, when set, replaces ``PIL.Image.MAX_IMAGE_PIXELS`` at read time.
-MAX_PIXELS_ENV = "EDSR_MAX_IMAGE_PIXELS"
-
-# Output formats other than PNG, written by Pillow (8-bit only). The save options favour quality:
-# an upscaled image is the product, so Pillow's default JPEG quality (75, 4:2:0 chroma) is too
-# lossy.
-_PIL_WRITERS: dict[str, tuple[str, dict[str, object], bool, int]] = {
-    # suffix: (Pillow format, save options, can store alpha, largest width/height)
-    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}, False, 65535),
-    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}, False, 65535),
-    ".webp": ("WEBP", {"quality": 95}, True, 16383),
-    ".bmp": ("BMP", {}, False, 2**31 - 1),  # Pillow reads 32-bit BMPs back without their alpha
-    ".tif": ("TIFF", {}, True, 2**31 - 1),
-    ".tiff": ("TIFF", {}, True, 2**31 - 1),
-}
-_KEEPS_ICC = {"JPEG", "WEBP", "TIFF"}  # Pillow writers with an icc_profile option (and PNG)
-
-#: The suffixes write_image writes (the format follows the suffix).
-OUTPUT_EXTENSIONS: frozenset[str] = frozenset({".png", *_PIL_WRITERS})
-
-
-def _suffix(name: str) -> str:
-    """'.jpg' for 'jpg', 'JPG' or '.jpg'; format names are accepted for suffixes."""
-    return "." + name.lower().lstrip(".")
-
-
-def max_side(suffix: str) -> int:
-    """Largest width or height a file with this suffix (or format name: ``"webp"``) can hold;
-    PNG's for unknown suffixes."""
-    entry = _PIL_WRITERS.get(_suffix(suffix))
-    return entry[3] if entry is not None else PNG_MAX_SIDE
 
 
 def to_8bit(samples: np.ndarray) -> np.ndarray:
@@ -190,8 +166,8 @@ def read_image(
     try:
         with open(p, "rb") as f:
             head = f.read(33)
-            if _png_needs_own_decoder(head):
-                return _decode_png(head + f.read(), label)
+            if head.startswith(PNG_SIGNATURE):
+                return _read_bytes(head + f.read(), label)
             f.seek(0)
             return _read_with_pillow(f, label)
     except PermissionError:
@@ -206,6 +182,13 @@ def _read_bytes(data: bytes, label: str) -> Image:
         raise ImageError(f"{label}: is an empty file (0 bytes); re-export or re-download it")
     if _png_needs_own_decoder(data[:33]):
         return _decode_png(data, label)
+    try:
+        if data.startswith(PNG_SIGNATURE):  # CRCs as libpng and edsr.io.png check them
+            data = as_libpng_reads_it(data)
+    except PngError as e:
+        raise ImageError(
+            f"{label}: PNG file is truncated or corrupt ({e}); re-export or re-download it"
+        ) from None
     return _read_with_pillow(io.BytesIO(data), label)
 
 
@@ -276,20 +259,6 @@ def _read_with_pillow(f: BinaryIO, p: str) -> Image:
     if isinstance(icc, bytes):
         image.icc_profile = _matching_profile(icc, gray=image.gray)
     return image
-
-
-def first_frame_note(fmt: str, frames: int) -> str:
-    """The one wording of the policy for images of several frames, wherever they come in."""
-    kind = "multi-page TIFF" if fmt == "TIFF" else f"animated {fmt}"
-    return f"{kind} with {frames} frames; using the first"
-
-
-def frame_count(im: PIL.Image.Image) -> int:
-    """Frames of an animated or multi-page image; 1 for a camera JPEG's MPO extra pictures,
-    which are previews or stereo views of the first, not frames to be warned about."""
-    if im.format == "MPO":
-        return 1
-    return int(getattr(im, "n_frames", 1))
 
 
 def _from_pillow(im: PIL.Image.Image, p: str) -> Image:
@@ -535,7 +504,7 @@ def write_image(
     dest = Path(target) if isinstance(target, (str, os.PathLike)) else None
     label = name or (str(dest) if dest is not None else _UNNAMED)
     if format is not None:
-        suffix = _suffix(format)
+        suffix = normal_suffix(format)
     elif dest is not None:
         suffix = dest.suffix.lower()
     else:
@@ -550,7 +519,7 @@ def write_image(
     if suffix == ".png":
         encode = _png_encoder(_samples(pixels, alpha), icc)
     else:
-        fmt, options, keeps_alpha, largest = _PIL_WRITERS[suffix]
+        fmt, options, keeps_alpha, largest = PIL_WRITERS[suffix]
         if pixels.dtype != np.uint8:
             if not reduce_to_8bit:
                 raise ImageError(
@@ -570,7 +539,7 @@ def write_image(
                 f"(at most {largest} pixels a side); write a .png file instead"
             )
         pil = _pil_from_samples(_samples(pixels, alpha))
-        if icc and fmt in _KEEPS_ICC:
+        if icc and fmt in KEEPS_ICC:
             options = {**options, "icc_profile": icc}
 
         def encode(f: BinaryIO) -> None:

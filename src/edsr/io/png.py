@@ -25,6 +25,7 @@ __all__ = [
     "PngHeader",
     "PngStripWriter",
     "encode_png",
+    "as_libpng_reads_it",
     "parse_png",
     "peek_header",
 ]
@@ -121,6 +122,21 @@ class PngFile:
         if h.depth == 16:
             return flat.view(">u2").reshape(h.height, h.width, h.channels).astype(np.uint16)
         return flat.reshape(h.height, h.width, h.channels)
+
+
+def chunk_bytes(ctype: bytes, body: bytes) -> bytes:
+    """One chunk as stored: length, type, body, CRC."""
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def as_libpng_reads_it(data: bytes) -> bytes:
+    """PNG bytes checked as libpng checks them, for a decoder that does not (Pillow checks no
+    IDAT or IEND CRC, and refuses the whole file for an ancillary chunk's): :class:`PngError`
+    for a bad critical chunk, the ancillary chunks with a bad CRC left out."""
+    png = parse_png(data)
+    if len(PNG_SIGNATURE) + sum(12 + len(body) for _, body in png.chunks) == len(data):
+        return data  # nothing left out: the bytes as they are, no copy
+    return PNG_SIGNATURE + b"".join(chunk_bytes(ctype, body) for ctype, body in png.chunks)
 
 
 def parse_png(data: bytes) -> PngFile:
@@ -307,8 +323,7 @@ class PngStripWriter:
             self._chunk(b"iCCP", _ICC_NAME + b"\0\0" + zlib.compress(icc_profile))
 
     def _chunk(self, ctype: bytes, body: bytes) -> None:
-        self.f.write(struct.pack(">I", len(body)) + ctype + body)
-        self.f.write(struct.pack(">I", zlib.crc32(ctype + body)))
+        self.f.write(chunk_bytes(ctype, body))
 
     def write_rows(self, rows: np.ndarray) -> None:
         """Append ``rows`` of shape (h, width, channels)."""

@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from edsr.errors import EdsrError
-from edsr.models.common import SUPPORTED_SCALES_TEXT, supported_scale
+from edsr.models.common import (
+    DIV2K_RGB_MEAN,
+    SUPPORTED_SCALES_TEXT,
+    MeanShift,
+    supported_scale,
+)
 from edsr.models.edsr import EDSR
 from edsr.models.mdsr import MDSR
+from edsr.validators import MAX_RES_SCALE, finite_float
 
 SRModel = EDSR | MDSR
 
@@ -82,6 +88,8 @@ def model_from_config(config: dict) -> SRModel:
     """Rebuild a model from the dict returned by ``model.config()``."""
     cfg = dict(config)
     arch = cfg.pop("arch", None)
+    # From a file or a user: nan or inf here makes every output nan.
+    finite_float(cfg.get("res_scale", 1.0), "res_scale", maximum=MAX_RES_SCALE)
     try:
         if arch == "edsr":
             return EDSR(
@@ -91,6 +99,7 @@ def model_from_config(config: dict) -> SRModel:
                 res_scale=float(cfg["res_scale"]),
                 n_colors=int(cfg.get("n_colors", 3)),
                 rgb_range=float(cfg.get("rgb_range", 255.0)),
+                rgb_mean=tuple(cfg.get("rgb_mean", DIV2K_RGB_MEAN)),
             )
         if arch == "mdsr":
             return MDSR(
@@ -99,6 +108,9 @@ def model_from_config(config: dict) -> SRModel:
                 n_feats=int(cfg["n_feats"]),
                 n_colors=int(cfg.get("n_colors", 3)),
                 rgb_range=float(cfg.get("rgb_range", 255.0)),
+                res_scale=float(cfg.get("res_scale", 1.0)),
+                pre_kernel=int(cfg.get("pre_kernel", 5)),
+                rgb_mean=tuple(cfg.get("rgb_mean", DIV2K_RGB_MEAN)),
             )
     except (KeyError, TypeError, ValueError) as e:
         raise EdsrError(f"model config is incomplete or invalid ({e!r}): {config}") from None
@@ -106,7 +118,16 @@ def model_from_config(config: dict) -> SRModel:
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """The parameters of ``model``: its learned weights, the one count the registry, ``edsr
+    weights``, ``describe`` and ``GET /v1/models`` give (3,227,203 for the MDSR baseline).
+
+    The mean shifts (:class:`~edsr.models.common.MeanShift`: the DIV2K mean, 24 fixed numbers
+    for RGB) are constants, not learned, and are left out, as in the paper's tables. That is a
+    property of the layer, not of ``requires_grad``, so a model frozen for inference counts
+    the same. ``trainable_only=False`` counts every tensor ``parameters()`` holds.
+    """
+    fixed = {id(p) for m in model.modules() if isinstance(m, MeanShift) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if not trainable_only or id(p) not in fixed)
 
 
 __all__ = [

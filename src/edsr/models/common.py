@@ -39,6 +39,22 @@ class MeanShift(nn.Conv2d):
             p.requires_grad = False
 
 
+def mean_shifts(
+    rgb_range: float, n_colors: int, rgb_mean: tuple[float, ...]
+) -> tuple[MeanShift, MeanShift]:
+    """The (subtract, add back) pair of a model; a zero ``rgb_mean`` makes both the identity."""
+    return (
+        MeanShift(rgb_range=rgb_range, sign=-1, n_colors=n_colors, rgb_mean=rgb_mean),
+        MeanShift(rgb_range=rgb_range, sign=1, n_colors=n_colors, rgb_mean=rgb_mean),
+    )
+
+
+def mean_config(rgb_mean: tuple[float, ...]) -> dict[str, list[float]]:
+    """``rgb_mean`` as a config entry; left out at the DIV2K mean, so configs written before
+    the mean became a setting stay equal to the ones written now."""
+    return {} if tuple(rgb_mean) == DIV2K_RGB_MEAN else {"rgb_mean": list(rgb_mean)}
+
+
 class ResBlock(nn.Module):
     """conv -> ReLU -> conv, scaled by ``res_scale``, plus the input."""
 

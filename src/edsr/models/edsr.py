@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from edsr.errors import EdsrError
 from edsr.models.common import (
+    DIV2K_RGB_MEAN,
     SUPPORTED_SCALES_TEXT,
-    MeanShift,
     ResBlock,
     Upsampler,
     conv,
+    mean_config,
+    mean_shifts,
     rescale_stream,
     stream_convs,
     supported_scale,
@@ -25,6 +28,8 @@ class EDSR(nn.Module):
 
     Inputs and outputs are images with values in ``0..rgb_range`` (255 for the official
     weights), shape (N, n_colors, H, W); the output is (N, n_colors, H*scale, W*scale).
+    ``rgb_mean`` (in 0..1) is what the mean shifts subtract and add back: the DIV2K mean for
+    the authors' weights, zeros for weights trained without a mean shift (super-image's).
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class EDSR(nn.Module):
         res_scale: float = 1.0,
         n_colors: int = 3,
         rgb_range: float = 255.0,
+        rgb_mean: Sequence[float] = DIV2K_RGB_MEAN,
     ) -> None:
         super().__init__()
         if not supported_scale(scale):
@@ -46,10 +52,10 @@ class EDSR(nn.Module):
         self.res_scale = res_scale
         self.n_colors = n_colors
         self.rgb_range = rgb_range
+        self.rgb_mean = tuple(float(m) for m in rgb_mean)
 
         # Registration order follows the official files, so state dicts match key for key.
-        self.sub_mean = MeanShift(rgb_range=rgb_range, sign=-1, n_colors=n_colors)
-        self.add_mean = MeanShift(rgb_range=rgb_range, sign=1, n_colors=n_colors)
+        self.sub_mean, self.add_mean = mean_shifts(rgb_range, n_colors, self.rgb_mean)
         self.head = nn.Sequential(conv(n_colors, n_feats, 3))
         self.body = nn.Sequential(
             *[ResBlock(n_feats, 3, res_scale=res_scale) for _ in range(n_resblocks)],
@@ -70,6 +76,7 @@ class EDSR(nn.Module):
             "res_scale": self.res_scale,
             "n_colors": self.n_colors,
             "rgb_range": self.rgb_range,
+            **mean_config(self.rgb_mean),
         }
 
     def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from edsr.errors import EdsrError
 from edsr.models.common import (
+    DIV2K_RGB_MEAN,
     SUPPORTED_SCALES_TEXT,
-    MeanShift,
     ResBlock,
     Upsampler,
     conv,
+    mean_config,
+    mean_shifts,
     rescale_stream,
     stream_convs,
     supported_scale,
@@ -25,6 +28,9 @@ class MDSR(nn.Module):
 
     ``forward(x, scale)`` picks the scale-specific pre-processing and upsampling branches;
     the scale is an argument, never hidden state, so one model serves several scales at once.
+    The authors' MDSR has 5x5 pre-processing blocks and no residual scaling; ``pre_kernel``,
+    ``res_scale`` and ``rgb_mean`` (see :class:`~edsr.models.edsr.EDSR`) describe variants
+    such as super-image's (3x3, 0.1, no mean shift).
     """
 
     def __init__(
@@ -35,6 +41,9 @@ class MDSR(nn.Module):
         n_feats: int = 64,
         n_colors: int = 3,
         rgb_range: float = 255.0,
+        res_scale: float = 1.0,
+        pre_kernel: int = 5,
+        rgb_mean: Sequence[float] = DIV2K_RGB_MEAN,
     ) -> None:
         super().__init__()
         scales = tuple(int(s) for s in scales)
@@ -48,17 +57,21 @@ class MDSR(nn.Module):
         self.n_feats = n_feats
         self.n_colors = n_colors
         self.rgb_range = rgb_range
+        self.res_scale = res_scale
+        self.pre_kernel = pre_kernel
+        self.rgb_mean = tuple(float(m) for m in rgb_mean)
 
         # Registration order follows the official files, so state dicts match key for key.
-        self.sub_mean = MeanShift(rgb_range=rgb_range, sign=-1, n_colors=n_colors)
-        self.add_mean = MeanShift(rgb_range=rgb_range, sign=1, n_colors=n_colors)
+        self.sub_mean, self.add_mean = mean_shifts(rgb_range, n_colors, self.rgb_mean)
         self.pre_process = nn.ModuleList(
-            nn.Sequential(ResBlock(n_feats, 5), ResBlock(n_feats, 5)) for _ in scales
+            nn.Sequential(*[ResBlock(n_feats, pre_kernel, res_scale=res_scale) for _ in range(2)])
+            for _ in scales
         )
         self.upsample = nn.ModuleList(Upsampler(s, n_feats) for s in scales)
         self.head = nn.Sequential(conv(n_colors, n_feats, 3))
         self.body = nn.Sequential(
-            *[ResBlock(n_feats, 3) for _ in range(n_resblocks)], conv(n_feats, n_feats, 3)
+            *[ResBlock(n_feats, 3, res_scale=res_scale) for _ in range(n_resblocks)],
+            conv(n_feats, n_feats, 3),
         )
         self.tail = nn.Sequential(conv(n_feats, n_colors, 3))
 
@@ -70,6 +83,10 @@ class MDSR(nn.Module):
             "n_feats": self.n_feats,
             "n_colors": self.n_colors,
             "rgb_range": self.rgb_range,
+            # Left out at the authors' values, so configs written before stay equal.
+            **({} if self.res_scale == 1.0 else {"res_scale": self.res_scale}),
+            **({} if self.pre_kernel == 5 else {"pre_kernel": self.pre_kernel}),
+            **mean_config(self.rgb_mean),
         }
 
     def branch(self, scale: int) -> int:
@@ -106,5 +123,9 @@ class MDSR(nn.Module):
         return model
 
     def fold_res_scale(self) -> MDSR:
-        """A copy: MDSR uses res_scale 1, so there is nothing to fold (symmetry with EDSR)."""
-        return copy.deepcopy(self)
+        """A copy with residual scaling folded into the convolutions: same outputs, no multiply."""
+        model = copy.deepcopy(self)
+        for block in model.modules():
+            if isinstance(block, ResBlock):
+                block.fold_res_scale()
+        return model

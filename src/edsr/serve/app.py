@@ -1,10 +1,12 @@
 """The HTTP side of ``edsr serve`` on FastAPI: the API, the page, and errors as JSON.
 
-Every error is answered ``{"error": message}``: 413 for an upload over --max-upload-mb, 415 for
-what is not an image, 422 for a bad option, a corrupt image or one over --max-pixels, 503 with
-Retry-After when the workers are busy and the queue is full, 504 past --timeout. The schema is
-at ``/openapi.json`` and its documentation at ``/docs``. The work itself is
-:mod:`edsr.serve.jobs` (queue, time limit, cancellation) and :mod:`edsr.serve.worker`.
+Every error is answered ``{"error": message}``: 408 for an upload not in within
+--upload-timeout, 413 for an upload over --max-upload-mb, 415 for what is not an image, 422 for
+a bad option, a corrupt image or one over --max-pixels, 503 with Retry-After when the workers
+are busy and the queue is full (or too many uploads are arriving), 504 past --timeout. The
+schema is at ``/openapi.json`` and its documentation at ``/docs`` (assets served here). The
+work itself is :mod:`edsr.serve.jobs` (queue, time limit, cancellation) and
+:mod:`edsr.serve.worker`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, ValidationError
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import Receive
 
+from edsr import defaults
 from edsr.errors import EdsrError
 from edsr.inference import default_memory_budget, describe, parse_memory, plan_tiles
 from edsr.io.image import IMAGE_EXTENSIONS, first_frame_note
@@ -60,6 +65,7 @@ from edsr.weights.registry import find_entry
 log = logging.getLogger("edsr.serve")
 
 STATIC = Path(__file__).resolve().parent / "static"
+DOCS_ASSETS = "/docs/assets"
 
 
 class ErrorBody(BaseModel):
@@ -71,21 +77,30 @@ _JOB_ID = r"^[A-Za-z0-9_-]{8,64}$"
 
 class UpscaleOptions(BaseModel):
     """The options of ``POST /v1/upscale``: form fields beside the image, or query parameters
-    when the image is the raw request body."""
+    when the image is the raw request body.
 
-    model: str | None = Field(
+    A form has no null: an option left out takes its default, so the schema offers no null
+    (SkipJsonSchema) although the fields hold None inside.
+    """
+
+    model: str | SkipJsonSchema[None] = Field(
         None, description="a loaded model's id, or 'bicubic' (default: the first model)"
     )
-    scale: int | None = Field(None, description="one of the model's scales (default: its first)")
+    scale: int | SkipJsonSchema[None] = Field(
+        None,
+        description="one of the model's scales (default: its only one, else x4, else its "
+        "largest: the CLI's default)",
+    )
     ensemble: bool = Field(False, description="self-ensemble (x8 the work, a little sharper)")
     format: OutputFormat = Field(OutputFormat.png, description="the result's format")
-    job: str | None = Field(
+    job: Annotated[str, StringConstraints(pattern=_JOB_ID)] | SkipJsonSchema[None] = Field(
         None,
-        pattern=_JOB_ID,
         description="an id for progress polls (GET /v1/progress/{job}); 8-64 letters, digits, "
         "'-' or '_'",
     )
-    filename: str | None = Field(None, description="the upload's name, for a raw body")
+    filename: str | SkipJsonSchema[None] = Field(
+        None, description="the upload's name, for a raw body"
+    )
 
 
 # Messages for values the schema refuses, by field; the rest get pydantic's own words.
@@ -99,7 +114,9 @@ _FIELD_MESSAGES = {
 
 def _validation_message(errors: Sequence[Any]) -> str:
     first = errors[0] if errors else {}
-    field = str(first.get("loc", ("",))[-1])
+    loc = [str(part) for part in first.get("loc", ())]
+    # a union's error is located inside the field ("scale", "int"): name the field itself
+    field = next((p for p in loc if p in UpscaleOptions.model_fields), loc[-1] if loc else "")
     if field in _FIELD_MESSAGES:
         return _FIELD_MESSAGES[field].format(input=first.get("input"))
     return f"{field}: {first.get('msg', 'invalid value')}" if field else "invalid request"
@@ -140,7 +157,12 @@ class EdsrServer:
         self.by_id = {m.id.lower(): m for m in self.models}
         self.config = config
         self.bicubic_scales = bicubic_scales(self.models)
-        self.queue = JobQueue(workers=config.workers, queue=config.queue, timeout=config.timeout)
+        self.queue = JobQueue(
+            workers=config.workers,
+            queue=config.queue,
+            timeout=config.timeout,
+            uploads=config.max_uploads,
+        )
         self.tmp_root: Path | None = None
         self.started = time.monotonic()
         self.budget = self._budget()
@@ -177,6 +199,8 @@ class EdsrServer:
             "max_upload_bytes": c.max_upload_bytes,
             "max_pixels": c.max_pixels,
             "timeout_s": c.timeout,
+            "upload_timeout_s": c.upload_timeout,
+            "max_uploads": c.max_uploads,
             "workers": c.workers,
             "queue": c.queue,
             "formats": [f.value for f in OutputFormat],
@@ -199,7 +223,7 @@ class EdsrServer:
                 raise ApiError(422, f"unknown model {name!r}{hint}; this server has: {have}")
         scales = model.scales if model is not None else self.bicubic_scales
         if o.scale is None:
-            return model, scales[0]
+            return model, defaults.default_scale(scales)
         if o.scale not in scales:
             have = ", ".join(f"x{s}" for s in scales)
             raise ApiError(
@@ -333,6 +357,7 @@ class EdsrServer:
             "workers": self.config.workers,
             "running": self.queue.running,
             "admitted": self.queue.admitted,
+            "uploading": self.queue.uploading,
             "capacity": self.config.capacity,
             "uptime_s": round(time.monotonic() - self.started, 1),
         }
@@ -341,6 +366,7 @@ class EdsrServer:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in [
+        (408, "the upload did not arrive within --upload-timeout"),
         (413, "the upload is over --max-upload-mb"),
         (415, "not an image, or not in a format the server reads"),
         (422, "a bad option, a corrupt image, or one over --max-pixels"),
@@ -356,15 +382,36 @@ _IMAGE_ANSWER: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _name_the_choices(schema: dict[str, Any], server: EdsrServer) -> dict[str, Any]:
+    """What the route's signature cannot tell the schema: in a form the image is required (it
+    is optional in the signature only because the raw body is the other way to send it), and
+    the models and scales this server has. A client that keeps to the schema is then served."""
+    form_ref = schema["paths"][UPSCALE_PATH]["post"]["requestBody"]["content"]
+    name = form_ref["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    form = schema["components"]["schemas"][name]
+    image = form["properties"]["image"]
+    image.update(next(c for c in image.pop("anyOf", [image]) if c.get("type") != "null"))
+    image["minLength"] = 1  # an empty part is no image
+    form["required"] = sorted({*form.get("required", []), "image"})
+    options = schema["components"]["schemas"]["UpscaleOptions"]["properties"]
+    options["model"]["enum"] = [m.id for m in server.models] + [BICUBIC]
+    options["scale"]["enum"] = list(server.bicubic_scales)
+    return schema
+
+
 def create_app(models: Sequence[ServedModel], config: ServeConfig | None = None) -> FastAPI:
     """The ASGI app serving ``models`` (loaded once, shared by all requests) under ``config``."""
     server = EdsrServer(models, config or ServeConfig())
-    app = FastAPI(
+    # The API page's scripts and styles come from this server (the fastapi-offline package
+    # ships them), not from a CDN, so /docs works on a machine without internet.
+    app = FastAPIOffline(
         title="edsr serve",
         version=__version__,
         summary="EDSR and MDSR super-resolution over HTTP",
         lifespan=server.lifespan,
         redoc_url=None,
+        static_url=DOCS_ASSETS,
+        favicon_url="/static/favicon.svg",
     )
     app.state.server = server
 
@@ -400,6 +447,13 @@ def create_app(models: Sequence[ServedModel], config: ServeConfig | None = None)
         return JSONResponse(server.health(), headers={"Cache-Control": "no-store"})
 
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _name_the_choices(FastAPI.openapi(app), server)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:

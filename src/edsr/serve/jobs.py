@@ -3,10 +3,13 @@ cancellation and progress. Nothing here knows HTTP; the app turns the outcomes i
 
 Why it is shaped this way:
 
-- A request is *admitted* before its upload is read and stays counted until its answer has
+- A request is *admitted* once its upload has arrived and stays counted until its answer has
   gone out. At most ``workers + queue`` are admitted at once and the next one is refused
-  (:class:`Busy`), which bounds memory whatever the load: each admitted request holds at most
-  one upload and one image.
+  (:class:`Busy`). Uploads still arriving are counted apart (at most ``uploads``), so a client
+  that sends slowly, or half a body and then nothing, holds a socket and an upload's place for
+  at most the upload time limit, never a worker's place. Memory stays bounded whatever the
+  load: an arriving upload holds at most 1 MiB in memory (the rest waits in a temporary file),
+  an admitted request at most one upload and one image.
 - The work runs in a pool of ``workers`` threads, so the event loop keeps answering health
   checks, progress polls and refusals while the model computes (PyTorch releases the GIL).
 - Work is stopped, not merely abandoned: a job past its deadline or whose client went away has
@@ -108,13 +111,16 @@ class Job:
 
 
 class JobQueue:
-    """``workers`` threads, room for ``queue`` more requests, ``timeout`` seconds a request."""
+    """``workers`` threads, room for ``queue`` more requests, ``timeout`` seconds a request,
+    ``uploads`` requests whose upload is still arriving."""
 
-    def __init__(self, *, workers: int, queue: int, timeout: float) -> None:
+    def __init__(self, *, workers: int, queue: int, timeout: float, uploads: int = 16) -> None:
         self.workers = workers
         self.capacity = workers + queue
         self.timeout = timeout
-        self.admitted = 0  # requests held, from before their upload until after their answer
+        self.max_uploads = uploads
+        self.uploading = 0  # requests whose upload is still arriving
+        self.admitted = 0  # requests held, from after their upload until after their answer
         self.running = 0  # worker threads busy, until each has really returned
         self.jobs: dict[str, Job] = {}
         self._seq = 0
@@ -138,6 +144,17 @@ class JobQueue:
     def retry_after(self) -> int:
         waiting = max(1, self.admitted)
         return max(1, min(120, math.ceil(self._avg_seconds * waiting / self.workers)))
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Hold an upload's place while its body arrives; :class:`Busy` if all are taken."""
+        if self.uploading >= self.max_uploads:
+            raise Busy(self.retry_after())
+        self.uploading += 1
+        try:
+            yield
+        finally:
+            self.uploading -= 1
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:

@@ -1,10 +1,11 @@
 """The ASGI middleware of ``edsr serve``: what must happen before a request body is read or
 after its answer has gone out, which route handlers cannot do.
 
-- :class:`UploadGate`, for ``POST /v1/upscale``: admission (503 when every worker is busy and
-  the queue is full) before the upload is read; the upload limit and the time limit enforced
-  while it is read, never holding more than the limit; a refused body drained (bounded) before
-  the answer, since answering while the client still sends can reset the connection first.
+- :class:`UploadGate`, for ``POST /v1/upscale``: the upload read in full first, within the
+  upload limit, the upload time limit and the count of uploads in flight, and only then
+  admission (503 when every worker is busy and the queue is full), so a slow client costs a
+  socket, not a worker's place; a refused body drained (bounded) before the answer, since
+  answering while the client still sends can reset the connection first.
 - :class:`Guard`: the Host check against DNS rebinding, and the page's security headers.
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import Mapping
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,7 +27,7 @@ from edsr.serve.jobs import Busy, JobQueue
 UPSCALE_PATH = "/v1/upscale"
 # Room for the multipart framing and the small text fields around the image itself.
 MULTIPART_SLACK = 64 * 1024
-# FastAPI's Swagger page loads its scripts from a CDN, which the page's policy would forbid.
+# The Swagger page runs an inline script, which the page's policy would forbid.
 _DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
 
 
@@ -76,11 +79,24 @@ async def drain(receive: Receive, limit: int) -> None:
         await asyncio.wait_for(run(), 5.0)
 
 
-class UploadGate:
-    """Admission, upload limit and upload time limit for ``POST /v1/upscale``.
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
 
-    The admission is held until the answer has been sent, so the count of requests in memory
-    is honest. The deadline (event-loop time) is left in ``scope["state"]["deadline"]``.
+
+# Uploads are kept in memory up to this size, then in a temporary file (already unlinked, so
+# nothing is left behind): waiting uploads cost little memory however many there are.
+_SPOOL_BYTES = 1 << 20
+
+
+class UploadGate:
+    """Upload limits, then admission, for ``POST /v1/upscale``.
+
+    The body is read here, whole (at most the upload limit, within ``upload_timeout``, one of
+    at most ``max_uploads`` arriving at once), and handed on once it is in; the admission is
+    taken then and held until the answer has been sent, so the count of requests in memory is
+    honest. The compute deadline (event-loop time, ``timeout`` from admission) is left in
+    ``scope["state"]["deadline"]``.
     """
 
     def __init__(self, app: ASGIApp, queue: JobQueue, config: ServeConfig) -> None:
@@ -93,45 +109,84 @@ class UploadGate:
         if scope["type"] != "http" or scope["path"] != UPSCALE_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        with contextlib.ExitStack() as admission:
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            if int(declared) <= 4 * self.limit:
+                await drain(receive, 4 * self.limit)
+            await error_response(413, too_large(self.config))(scope, receive, send)
+            return
+        with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=self.config.tmp_dir) as body:
             try:
-                admission.enter_context(self.queue.admit())
+                with self.queue.receiving():
+                    arrived = await self._read_body(receive, body)
             except Busy as e:
                 await drain(receive, self.limit)
-                await busy_response(e.retry_after)(scope, receive, send)
+                message = "too many uploads are arriving at once; try again shortly"
+                await busy_response(e.retry_after, message)(scope, receive, send)
                 return
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.limit:
-                if int(declared) <= 4 * self.limit:
-                    await drain(receive, 4 * self.limit)
-                await error_response(413, too_large(self.config))(scope, receive, send)
+            except _Refused as e:
+                await e.response(scope, receive, send)
                 return
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.config.timeout
-            scope.setdefault("state", {})["deadline"] = deadline
-            received, reading = 0, True
-
-            async def receive_bounded() -> Message:
-                nonlocal received, reading
-                if not reading:  # the body is in; what comes now is the disconnect
-                    return await receive()
+            if not arrived:
+                return  # the client went away before its upload was in: nobody to answer
+            with contextlib.ExitStack() as admission:
                 try:
-                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    raise ApiError(408, "the upload did not arrive within the time limit") from None
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    reading = bool(message.get("more_body", False))
-                    if received > self.limit:
-                        if reading:
-                            await drain(receive, 4 * self.limit)
-                            reading = False
-                        raise ApiError(413, too_large(self.config))
-                else:
-                    reading = False
-                return message
+                    admission.enter_context(self.queue.admit())
+                except Busy as e:
+                    await busy_response(e.retry_after)(scope, receive, send)
+                    return
+                loop = asyncio.get_running_loop()
+                scope.setdefault("state", {})["deadline"] = loop.time() + self.config.timeout
+                body.seek(0)
+                delivered = False
 
-            await self.app(scope, receive_bounded, send)
+                async def replay() -> Message:
+                    nonlocal delivered
+                    if delivered:  # the body is in; what comes now is the disconnect
+                        return await receive()
+                    chunk = await run_in_threadpool(body.read, _SPOOL_BYTES)
+                    delivered = len(chunk) < _SPOOL_BYTES
+                    return {"type": "http.request", "body": chunk, "more_body": not delivered}
+
+                await self.app(scope, replay, send)
+
+    async def _read_body(
+        self, receive: Receive, body: tempfile.SpooledTemporaryFile[bytes]
+    ) -> bool:
+        """Write the body into ``body``; False if the client went away first. Raises
+        :class:`_Refused` with the answer when the body is over the limit (413) or not in
+        within the upload time limit (408)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.upload_timeout
+        received = 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                seconds = f"{self.config.upload_timeout:g}"
+                # Closing the connection is the point: the rest of the body is not wanted.
+                raise _Refused(
+                    error_response(
+                        408,
+                        f"the upload did not arrive within this server's limit of {seconds} s "
+                        "(--upload-timeout)",
+                        {"Connection": "close"},
+                    )
+                ) from None
+            if message["type"] != "http.request":
+                return False
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.limit:
+                if message.get("more_body", False):
+                    await drain(receive, 4 * self.limit)
+                raise _Refused(error_response(413, too_large(self.config)))
+            if received > _SPOOL_BYTES:  # on disk from here: off the event loop
+                await run_in_threadpool(body.write, chunk)
+            else:
+                body.write(chunk)
+            if not message.get("more_body", False):
+                return True
 
 
 _PAGE_HEADERS = {

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edsr import defaults
 from edsr.errors import EdsrError
 from edsr.inference import Model, describe
 from edsr.models import EDSR, MDSR
+from edsr.runtimes import ExportedModel
 from edsr.weights import registry
 from edsr.weights.registry import WeightsEntry, find_entry
 
@@ -48,8 +50,9 @@ def load_models(
     precision: str | None = None,
 ) -> list[ServedModel]:
     """Load each ``--model`` value once (files or registry names; comma-separated lists too),
-    prepared for ``precision`` (fp32, bf16, fp16, int8, auto; None: the plain model)."""
-    from edsr.inference.precision import prepare_model
+    on ``device`` and prepared for ``precision`` (fp32, bf16, fp16, int8, auto), None meaning
+    :mod:`edsr.defaults`' (the compute path ``edsr upscale`` runs)."""
+    from edsr.inference.precision import compute_model
     from edsr.weights import load_model
 
     names: list[str] = []
@@ -62,9 +65,8 @@ def load_models(
     for spec in dict.fromkeys(names):  # keeps order, drops repeats
         path = Path(spec)
         entry = find_entry(path.name) if path.is_file() else find_entry(spec)
-        model: Model = load_model(spec, device=device or "auto", progress=progress).eval()
-        if precision is not None:
-            model = prepare_model(model, precision=precision)
+        plain = load_model(spec, device=device, progress=progress).eval()
+        model: Model = compute_model(plain, precision)
         base = entry.name if entry is not None and not path.is_file() else path.stem
         mid, n = base, 2
         while mid.lower() in seen or mid.lower() == BICUBIC:
@@ -85,6 +87,7 @@ def model_listing(models: Sequence[ServedModel]) -> list[dict[str, Any]]:
             "default": False,
             "arch": "bicubic",
             "scales": list(bicubic_scales(models)),
+            "default_scale": defaults.default_scale(bicubic_scales(models)),
             "description": "MATLAB-compatible bicubic interpolation (the baseline)",
             "psnr": [],
         }
@@ -109,6 +112,7 @@ def _model_info(
         d.update(
             arch=entry.arch,
             scales=list(entry.scales),
+            default_scale=defaults.default_scale(entry.scales),
             description=entry.description,
             parameters=entry.parameters,
             source=entry.source,
@@ -117,11 +121,14 @@ def _model_info(
         )
     if model is not None:
         info = describe(model)
-        assert isinstance(info.module, (EDSR, MDSR))
+        assert isinstance(info.module, (EDSR, MDSR, ExportedModel))  # all have config()
         cfg = info.module.config()
         d.update(
             arch=info.arch,
             scales=list(info.scales),
+            default_scale=info.default_scale,
+            precision=info.precision,  # the compute path it runs: --precision's names
+            device=str(info.device),
             n_resblocks=cfg["n_resblocks"],
             n_feats=cfg["n_feats"],
             parameters=info.parameters,

@@ -106,8 +106,8 @@ def serve(
         log_level="info",
         access_log=access_log,
         # A last line of defence against connection floods (plain 503s); the app's own queue
-        # answers long before this with JSON and Retry-After.
-        limit_concurrency=64 + 4 * config.capacity,
+        # and upload count answer long before this with JSON and Retry-After.
+        limit_concurrency=64 + 4 * config.capacity + config.max_uploads,
         timeout_graceful_shutdown=10,
         server_header=False,
     )

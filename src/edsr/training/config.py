@@ -15,11 +15,25 @@ from edsr.errors import EdsrError
 from edsr.inference.precision import TRAINING_PRECISIONS
 from edsr.io.atomic import atomic_write
 from edsr.models import PRESETS, check_scales
+from edsr.validators import (
+    MAX_PROCESSES,
+    finite_float,
+    input_file,
+    int_in_range,
+    output_folder,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found]
+
+
+LR_SCHEDULES = ("step", "cosine")
+#: Above it Adam diverges at once: a typo, not a recipe.
+MAX_LR = 1.0
+#: NumPy's seeds are 32-bit.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -37,6 +51,8 @@ class TrainConfig:
     lr: float = 1e-4
     lr_decay_every: int = 200_000
     lr_decay_factor: float = 0.5
+    lr_schedule: str = "step"  # step: x lr_decay_factor every lr_decay_every | cosine: to lr_min
+    lr_min: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -71,20 +87,34 @@ class TrainConfig:
             "checkpoint_every",
             "log_every",
         ):
-            if getattr(self, name) <= 0:
-                raise EdsrError(
-                    f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
-                )
-        if self.lr <= 0:
-            raise EdsrError(f"learning rate must be positive, got {self.lr}")
+            int_in_range(getattr(self, name), name.replace("_", "-"))
+        # nan or inf here would train to a model of nans, and say "done"
+        finite_float(self.lr, "learning rate", maximum=MAX_LR)
+        finite_float(self.lr_decay_factor, "lr_decay_factor", maximum=1.0)
+        finite_float(self.adam_eps, "adam_eps")
+        finite_float(self.spike_factor, "spike_factor")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise EdsrError(f"{name} must be from 0 to below 1, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise EdsrError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}"
+            )
+        if not 0 <= self.lr_min <= self.lr:
+            raise EdsrError(f"lr_min must be between 0 and lr ({self.lr:g}), got {self.lr_min:g}")
         if self.precision not in TRAINING_PRECISIONS:
             raise EdsrError(
                 f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, not {self.precision!r}"
             )
         if self.on_bad_image not in ("skip", "fail"):
             raise EdsrError(f"on_bad_image must be 'skip' or 'fail', not {self.on_bad_image!r}")
-        if self.workers < 0:
-            raise EdsrError(f"workers must be 0 or more, got {self.workers}")
+        int_in_range(self.workers, "workers", minimum=0, maximum=MAX_PROCESSES)
+        int_in_range(self.seed, "seed", minimum=0, maximum=MAX_SEED)
+        output_folder(self.out, "the run folder")
+        if self.init_from is not None:  # before hours of decoding, not after
+            input_file(self.init_from, "--init-from")
+        if self.cache_dir is not None:
+            output_folder(self.cache_dir, "the cache folder")
 
 
 def recipe(preset: str, scales: list[int] | None = None) -> TrainConfig:
@@ -172,7 +202,7 @@ def resolve(
     return cfg
 
 
-def _toml_value(v: object) -> str:
+def toml_value(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -180,7 +210,7 @@ def _toml_value(v: object) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(v)
 
 
@@ -191,7 +221,7 @@ def to_toml(cfg: TrainConfig) -> str:
         if v is None:
             lines.append(f"# {f.name} = (not set)")
         else:
-            lines.append(f"{f.name} = {_toml_value(v)}")
+            lines.append(f"{f.name} = {toml_value(v)}")
     return "\n".join(lines) + "\n"
 
 

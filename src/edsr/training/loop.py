@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edsr.errors import EdsrError
+from edsr.errors import EdsrError, Terminated
 from edsr.evaluate import evaluate
 from edsr.inference.distributed import join
 from edsr.inference.precision import precision_name, resolve_precision
@@ -41,7 +41,9 @@ from edsr.weights.transfer import init_from
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Step decay as a pure function of the step, so resuming cannot halve it twice."""
+    """The rate as a pure function of the step, so resuming cannot halve it twice."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1 + math.cos(math.pi * step / cfg.iters))
     return cfg.lr * cfg.lr_decay_factor ** (step // cfg.lr_decay_every)
 
 
@@ -52,13 +54,16 @@ def train(
     overwrite: bool = False,
     iters: int | None = None,
     progress: bool = True,
+    resume_hint: str | None = None,
 ) -> Path:
     """Train (or resume) a run; returns the path of the final model file.
 
     ``resume`` is a run directory: its saved config is used (``iters`` may extend it) and
     training continues exactly where the newest intact checkpoint left it. Ctrl-C or SIGTERM
-    saves a checkpoint at the end of the current step and raises ``KeyboardInterrupt``;
-    a second one stops at once.
+    saves a checkpoint at the end of the current step and raises ``KeyboardInterrupt``
+    (:class:`~edsr.errors.Terminated` for SIGTERM);
+    a second one stops at once. ``resume_hint`` is the command that continues it, when that is
+    not ``edsr train --resume RUN_DIR`` (a stage of a recipe).
     """
     # -- Setup: what can fail is checked before the run folder is touched ------------------
     rank, world, device = _setup_distributed()
@@ -112,13 +117,7 @@ def train(
         eps=cfg.adam_eps,
     )
     if cfg.init_from and resume is None:
-        transfer = init_from(model, cfg.init_from)
-        say(
-            f"init from {cfg.init_from}: loaded {transfer.loaded} tensors, "
-            f"skipped {len(transfer.skipped)}:"
-        )
-        for line in transfer.skipped:
-            say(f"  skipped {line}")
+        _init_from(model, cfg.init_from, say)
 
     # -- The run folder: written from here on ----------------------------------------------
     if rank == 0:
@@ -137,6 +136,8 @@ def train(
         say(f"resumed {run.path} at step {step}")
     elif resume is not None:
         say(f"no intact checkpoint in {run.path}; starting from step 0")
+        if cfg.init_from:  # as the start would have: a recipe's stage goes on from the last
+            _init_from(model, cfg.init_from, say)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
@@ -243,9 +244,9 @@ def train(
     if stopping and step < cfg.iters:
         say(
             f"interrupted at step {step}; checkpoint saved. "
-            f"Continue with: edsr train --resume {run.path}"
+            f"Continue with: {resume_hint or f'edsr train --resume {run.path}'}"
         )
-        raise KeyboardInterrupt
+        raise stop.interrupt()
     if rank == 0:
         save_model(model, run.final_model, overwrite=True, metadata={"step": str(step)})
         run.draw_curves()
@@ -262,6 +263,13 @@ def _say(rank: int, msg: str) -> None:
     """Progress lines come from rank 0 only, through tqdm so they do not break its bar."""
     if rank == 0:
         tqdm.write(msg)
+
+
+def _init_from(model: SRModel, path: str, say: Callable[[str], None]) -> None:
+    transfer = init_from(model, path)
+    say(f"init from {path}: loaded {transfer.loaded} tensors, skipped {len(transfer.skipped)}:")
+    for line in transfer.skipped:
+        say(f"  skipped {line}")
 
 
 def _checkpoint(
@@ -324,11 +332,16 @@ class _StopSignals:
 
     def __init__(self) -> None:
         self.requested = False
+        self.terminated = False  # SIGTERM: the command exits 143, not Ctrl-C's 130
         self._previous: dict[int, Any] = {}
 
+    def interrupt(self) -> KeyboardInterrupt:
+        return Terminated() if self.terminated else KeyboardInterrupt()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.terminated = self.terminated or signum == signal.SIGTERM
         if self.requested:
-            raise KeyboardInterrupt
+            raise self.interrupt()
         self.requested = True
 
     def __enter__(self) -> _StopSignals:

@@ -97,6 +97,11 @@ class RunFolder:
             old.with_suffix(".pt.sha256").unlink(missing_ok=True)
         return path
 
+    def last_step(self) -> int | None:
+        """The step of the newest checkpoint file (read from its name, not checked), or None."""
+        steps = [int(p.stem.split("-")[1]) for p in self.checkpoints.glob("state-*.pt")]
+        return max(steps, default=None)
+
     def latest_checkpoint(self, warn: Callable[[str], None]) -> dict[str, Any] | None:
         """Newest checkpoint whose hash and contents check out; damaged ones are passed over."""
         for path in sorted(self.checkpoints.glob("state-*.pt"), reverse=True):

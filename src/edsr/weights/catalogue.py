@@ -9,6 +9,7 @@ from the ``edsr eval --json`` reports stored beside it, so no number in it is ty
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from edsr.weights.entry import (
     WeightsEntry,
     metrics_from_eval_json,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found]
 
 #: Where bundled weights (and their eval reports) live inside the installed package.
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -138,18 +144,28 @@ _BUNDLED_NAME = "mdsr-baseline-291"
 _BUNDLED_FILE = "mdsr_baseline_291-40d95979.safetensors"
 _BUNDLED_SHA256 = "40d9597905ec3755022ec673c1a489763a3065a010b3241ddedac16ba974d98b"
 _BUNDLED_SIZE = 6464062
-# Stages 1-2 and 4 from their log.csv (sum of logged seconds/iteration); stage 3 from its run
-# directory (config.toml written to model.safetensors written, validation included).
-_STAGE1_ITERS, _STAGE1_WALL_S = 2000, 6153.0
-_STAGE2_ITERS, _STAGE2_WALL_S = 3600, 7194.0
-_STAGE3_ITERS, _STAGE3_WALL_S = 12000, 7986.0
-_STAGE4_ITERS, _STAGE4_WALL_S = 7000, 7131.4  # to the shipped step
+# Every stage's settings are in the recipe (the one place: `edsr train --recipe`); the entry
+# reads its iterations from it. Wall times: stages 1-2 and 4 from their log.csv (sum of logged
+# seconds/iteration, stage 4 to the shipped step); stage 3 from its run directory
+# (config.toml written to model.safetensors written, validation included).
+_RECIPE = "mdsr-baseline-291"
+_RECIPE_FILE = ASSETS / "recipes" / f"{_RECIPE}.toml"
+_STAGE_WALL_S = (6153.0, 7194.0, 7986.0, 7131.4)
 # The stage-2 file stage 3 started from; it was the bundled model until stage 3 replaced it
 # (git history: commit ed133a8, src/edsr/assets/mdsr_baseline_291-ab9db885.safetensors).
 _STAGE2_SHA256 = "ab9db885d27baf7199af7fa179a07c8a43f46ed40eee19fa53296e6a5b071445"
 # The stage-3 file stage 4 started from, the bundled model until stage 4 replaced it (git
 # history: commit ecde893, src/edsr/assets/mdsr_baseline_291-2c89d043.safetensors).
 _STAGE3_SHA256 = "2c89d043fced0bde7870c2ce394392172e798f38266548aa5471daa6fc05e7fa"
+
+
+def _recipe_iterations() -> tuple[int, ...]:
+    """Each stage's iterations, as the recipe file gives them."""
+    with open(_RECIPE_FILE, "rb") as f:
+        return tuple(int(stage["iters"]) for stage in tomllib.load(f)["stage"])
+
+
+_STAGE_ITERS = _recipe_iterations()
 # The eval reports ``edsr eval --json`` wrote for the bundled file: the registry's numbers are
 # read from them, never typed in.
 BUNDLED_EVALS = (
@@ -168,33 +184,28 @@ _HARDWARE = (
 )
 
 
-# How the bundled model was made, stage by stage (``edsr weights info``, the README).
+# How the runs of the recipe's stages went (``edsr weights info``, the README): the facts the
+# recipe file cannot hold.
 _NOTES_291 = (
-    "Four stages, all counted above; the command is the last. Stage 1, an EDSR baseline "
-    f"x2 ({_STAGE1_ITERS:,} iterations, {_STAGE1_WALL_S / 3600:.1f} h): `edsr train "
-    "--preset edsr-baseline --scale 2 --train T91 --val Set5 --iters 2000 "
-    "--out runs/edsr-baseline-x2`. Stage 2, the MDSR started from it (`--init-from` maps "
+    f"The recipe, src/edsr/{_RECIPE_FILE.relative_to(ASSETS.parent).as_posix()}, holds every "
+    f"stage's settings (`edsr train --recipe {_RECIPE} --dry-run` lists them); its data: "
+    f"`edsr data download T91 BSD200 Set5`. Its {len(_STAGE_ITERS)} stages ran as follows. "
+    f"Stage 1, an EDSR baseline x2 on T91: {_STAGE_ITERS[0]:,} iterations, "
+    f"{_STAGE_WALL_S[0] / 3600:.1f} h. Stage 2, the MDSR started from it (`init_from` maps "
     "EDSR keys to MDSR's: body, head, final conv and x2 upsampler; the x3/x4 upsamplers and "
-    f"pre-process blocks from scratch), {_STAGE2_ITERS:,} iterations, "
-    f"{_STAGE2_WALL_S / 3600:.1f} h: `edsr train --preset mdsr-baseline --scale 2 3 4 "
-    "--train T91 BSD200 --val Set5 --init-from runs/edsr-baseline-x2/model.safetensors "
-    "--iters 3600 --lr-decay-every 2100 --val-every 500 --checkpoint-every 250 "
-    "--out runs/mdsr-baseline-291-stage2` (begun as `--iters 3400 --lr-decay-every 2550`, "
-    "stopped with Ctrl-C at steps 1,552 and 2,069 and resumed with the final values before "
-    "the old ones took effect; batches and learning rate are functions of the step, so it "
-    "equals a straight run). Its model, stored in fp16 by `python scripts/bundle_model.py` "
-    f"(SHA-256 {_STAGE2_SHA256}, its Set5 curve in docs/training/) starts stage 3, every "
-    "tensor copied, with a fresh Adam state, a new seed, learning rate 1e-4 halved every "
-    f"3,000 updates ({_STAGE3_ITERS:,} iterations, {_STAGE3_WALL_S / 3600:.1f} h, bf16: "
-    "2.6x fp32 on that CPU, `python benchmarks/bench_train.py`). Its last weights, stored in "
-    f"fp16 (SHA-256 {_STAGE3_SHA256}), start stage 4 the same way: fresh Adam state, seed 2, "
-    "learning rate 5e-5 halved every 2,000 updates for 8,000 iterations (bf16; begun as "
-    "`--iters 60000 --lr-decay-every 15000`, "
+    f"pre-process blocks from scratch): {_STAGE_ITERS[1]:,} iterations, "
+    f"{_STAGE_WALL_S[1] / 3600:.1f} h, begun as `--iters 3400 --lr-decay-every 2550`, stopped "
+    "with Ctrl-C at steps 1,552 and 2,069 and resumed with the final values before the old "
+    "ones took effect (batches and learning rate are functions of the step, so it equals a "
+    f"straight run). Its model in fp16 (SHA-256 {_STAGE2_SHA256}) started stage 3: "
+    f"{_STAGE_ITERS[2]:,} iterations, {_STAGE_WALL_S[2] / 3600:.1f} h in bf16 (2.6x fp32 on "
+    "that CPU, `python benchmarks/bench_train.py`). Its model in fp16 (SHA-256 "
+    f"{_STAGE3_SHA256}) started stage 4, begun as `--iters 60000 --lr-decay-every 15000`, "
     "interrupted twice and resumed from its checkpoints at steps 1,250 and 1,380 with the "
-    "final values written into its config.toml, before the old ones took effect, so it "
-    "equals a straight run). The shipped weights are its best on Set5, the validation set: "
-    f"step {_STAGE4_ITERS:,} (mean of x2/x3/x4 34.17 dB; 34.16 at step 8,000), reached after "
-    f"{_STAGE4_WALL_S / 3600:.1f} h, stored in fp16."
+    "final values, before the old ones took effect; it ran to step 8,000, and the shipped "
+    f"weights are its best on Set5, the validation set: step {_STAGE_ITERS[3]:,} (mean of "
+    "x2/x3/x4 34.17 dB; 34.16 at step 8,000), reached after "
+    f"{_STAGE_WALL_S[3] / 3600:.1f} h, stored in fp16, where the recipe's last stage stops."
 )
 
 
@@ -217,14 +228,9 @@ def _bundled_mdsr() -> WeightsEntry:
         metrics=metrics,
         description="MDSR baseline trained here on the 291-image set (fp16); the default model",
         training=Training(
-            command=(
-                "edsr train --preset mdsr-baseline --scale 2 3 4 --train T91 BSD200 --val Set5 "
-                "--init-from mdsr_baseline_291-2c89d043.safetensors --iters 8000 --lr 5e-5 "
-                "--lr-decay-every 2000 --seed 2 --precision bf16 --val-every 1000 "
-                "--checkpoint-every 250 --out runs/mdsr-baseline-291-stage4"
-            ),
-            iterations=_STAGE1_ITERS + _STAGE2_ITERS + _STAGE3_ITERS + _STAGE4_ITERS,
-            wall_time_s=_STAGE1_WALL_S + _STAGE2_WALL_S + _STAGE3_WALL_S + _STAGE4_WALL_S,
+            command=f"edsr train --recipe {_RECIPE}",
+            iterations=sum(_STAGE_ITERS),
+            wall_time_s=sum(_STAGE_WALL_S),
             hardware=_HARDWARE,
             data=_DATA_291,
             notes=_NOTES_291,

@@ -11,10 +11,24 @@ import torch
 from edsr.errors import CheckpointError
 from edsr.models.common import DIV2K_RGB_MEAN
 
-# Containers used by the public code, BasicSR and Lightning-style trainers; EMA weights first
-# because BasicSR stores both and the EMA copy is the one it evaluates.
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "model_state_dict", "net")
-PREFIXES = ("module.", "_orig_mod.", "model.")
+# Containers used by the public code, BasicSR (``params-ema`` before 1.0), GAN trainers and
+# Lightning-style trainers; EMA weights first because BasicSR stores both and the EMA copy is
+# the one it evaluates, the generator before anything else a GAN checkpoint holds.
+WRAPPER_KEYS = (
+    "params_ema",
+    "params-ema",
+    "params",
+    "state_dict",
+    "model",
+    "model_state_dict",
+    "net",
+    "generator",
+    "netG",
+    "net_g",
+)
+# DataParallel/DDP, torch.compile, Lightning, and the generator of GAN trainers (ESRGAN-style
+# ``netG.``, BasicSR's ``net_g.``, ``generator.``).
+PREFIXES = ("module.", "_orig_mod.", "model.", "netG.", "net_g.", "generator.")
 
 StateDict = dict[str, torch.Tensor]
 
@@ -43,6 +57,10 @@ def unwrap(obj: object, *, depth: int = 3) -> StateDict:
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if any(k.endswith(".weight") for k in tensors):
             return tensors
+        # {"g": state dict, "epoch": 40, "iter": 120000}: the one dict is the model.
+        dicts = [v for v in obj.values() if isinstance(v, Mapping)]
+        if len(dicts) == 1:
+            return unwrap(dicts[0], depth=depth - 1)
     kind = type(obj).__name__
     keys = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, Mapping) else ""
     raise CheckpointError(
@@ -52,7 +70,11 @@ def unwrap(obj: object, *, depth: int = 3) -> StateDict:
 
 
 def strip_prefixes(sd: StateDict) -> StateDict:
-    """Remove DataParallel/DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes."""
+    """Remove the :data:`PREFIXES` wrappers put before every key (``module.``, ``netG.``, ...).
+
+    Strict: a prefix on some keys only means the file holds more than the model (a GAN's
+    discriminator beside its generator, say); the first key outside it is named.
+    """
     out = sd
     changed = True
     while changed:
@@ -61,6 +83,14 @@ def strip_prefixes(sd: StateDict) -> StateDict:
             if out and all(k.startswith(prefix) for k in out):
                 out = {k[len(prefix) :]: v for k, v in out.items()}
                 changed = True
+    for prefix in PREFIXES:
+        inside = [k for k in out if k.startswith(prefix)]
+        if inside and len(inside) < len(out):
+            other = next(k for k in out if not k.startswith(prefix))
+            raise CheckpointError(
+                f"the checkpoint holds a model under '{prefix}' and also '{other}', which is "
+                "neither that model nor a known wrapper; save the model's state dict alone"
+            )
     return out
 
 
@@ -97,13 +127,32 @@ def from_basicsr(sd: StateDict) -> StateDict:
             continue
         else:
             out[k] = v  # left for the strict check to report
+    return with_authors_mean(out, n_colors, first.dtype)
+
+
+def with_authors_mean(sd: StateDict, n_colors: int, dtype: torch.dtype) -> StateDict:
+    """``sd`` with the authors' mean shifts (DIV2K mean, 0..255): constants, never learned."""
     mean = torch.tensor(DIV2K_RGB_MEAN if n_colors == 3 else (sum(DIV2K_RGB_MEAN) / 3,) * n_colors)
-    eye = torch.eye(n_colors, dtype=first.dtype).view(n_colors, n_colors, 1, 1)
-    out["sub_mean.weight"] = eye.clone()
-    out["sub_mean.bias"] = (-255.0 * mean).to(first.dtype)
-    out["add_mean.weight"] = eye.clone()
-    out["add_mean.bias"] = (255.0 * mean).to(first.dtype)
-    return out
+    eye = torch.eye(n_colors, dtype=dtype).view(n_colors, n_colors, 1, 1)
+    sd["sub_mean.weight"] = eye.clone()
+    sd["sub_mean.bias"] = (-255.0 * mean).to(dtype)
+    sd["add_mean.weight"] = eye.clone()
+    sd["add_mean.bias"] = (255.0 * mean).to(dtype)
+    return sd
+
+
+def lacks_mean(sd: Mapping[str, torch.Tensor]) -> bool:
+    """An official-layout dict without the mean-shift constants: how a file says it is in
+    the authors' convention (see ``superimage.py``)."""
+    return "head.0.weight" in sd and not any(k.startswith(("sub_mean.", "add_mean.")) for k in sd)
+
+
+def fill_authors_mean(sd: StateDict) -> StateDict:
+    """``sd`` with the authors' mean shifts added when it :func:`lacks_mean`."""
+    if not lacks_mean(sd):
+        return sd
+    head = sd["head.0.weight"]
+    return with_authors_mean(dict(sd), int(head.shape[1]), head.dtype)
 
 
 def normalize_state_dict(obj: object) -> StateDict:

@@ -9,7 +9,7 @@ import torch
 
 from edsr.errors import CheckpointError
 from edsr.models import PRESETS
-from edsr.models.common import DIV2K_RGB_MEAN
+from edsr.models.common import DIV2K_RGB_MEAN, mean_config
 
 
 def _upsampler_scale(sd: Mapping[str, torch.Tensor], prefix: str, n_feats: int) -> int:
@@ -55,7 +55,10 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
     blocks = [int(m.group(1)) for k in sd if (m := re.match(r"^body\.(\d+)\.body\.0\.weight$", k))]
     n_resblocks = closing[0] if len(closing) == 1 else max(blocks, default=-1) + 1
     rgb_range = 255.0
-    if "sub_mean.bias" in sd:
+    # An identity mean shift (super-image's files, read by superimage.py) keeps its zero mean;
+    # its range is then no tensor's business, so it is the authors' 255.
+    zero_mean = "sub_mean.bias" in sd and not bool(sd["sub_mean.bias"].any())
+    if "sub_mean.bias" in sd and not zero_mean:
         mean = torch.tensor(DIV2K_RGB_MEAN).mean().item()
         estimate = -sd["sub_mean.bias"].double().mean().item() / mean
         # Official models use 255 and some forks 1; snap to those, keep anything else as is.
@@ -67,9 +70,14 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
                 f"sub_mean.bias {sd['sub_mean.bias'].tolist()} implies rgb_range {estimate}"
             )
 
+    zero = mean_config((0.0,) * n_colors) if zero_mean else {}
     if any(k.startswith("pre_process.") for k in sd):
         n_branches = len({k.split(".")[1] for k in sd if k.startswith("upsample.")})
         scales = [_upsampler_scale(sd, f"upsample.{b}.", n_feats) for b in range(n_branches)]
+        pre = sd.get("pre_process.0.0.body.0.weight")
+        pre_kernel = 5 if pre is None else int(pre.shape[-1])
+        # The only MDSR with 3x3 pre-processing is super-image's, whose blocks scale by 0.1.
+        variant = {} if pre_kernel == 5 else {"res_scale": 0.1, "pre_kernel": pre_kernel}
         return {
             "arch": "mdsr",
             "scales": scales,
@@ -77,6 +85,8 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
             "n_feats": n_feats,
             "n_colors": n_colors,
             "rgb_range": rgb_range,
+            **variant,
+            **zero,
         }
     return {
         "arch": "edsr",
@@ -88,4 +98,5 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
         else float(res_scale),
         "n_colors": n_colors,
         "rgb_range": rgb_range,
+        **zero,
     }

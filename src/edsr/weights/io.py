@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +21,13 @@ from safetensors.torch import save as safetensors_bytes
 from edsr.errors import CheckpointError, one_line
 from edsr.io.atomic import atomic_open
 from edsr.models import SRModel, model_from_config
-from edsr.weights.convert import StateDict, normalize_state_dict
+from edsr.weights import superimage
+from edsr.weights.convert import (
+    StateDict,
+    fill_authors_mean,
+    lacks_mean,
+    normalize_state_dict,
+)
 from edsr.weights.detect import detect_config
 
 FORMAT_NAME = "edsr"
@@ -37,16 +44,98 @@ def _looks_like_safetensors(path: Path) -> bool:
     return 0 < n < _SAFETENSORS_MAGIC_MAX and head[8:9] == b"{"
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, dict[str, str]]:
-    """Return (official-layout state dict, embedded config or None, safetensors metadata)."""
+#: What ``--model`` (and ``load_model``) accepts, for messages about a file that is none of it.
+MODEL_ACCEPTS = (
+    "--model takes a name from 'edsr weights list', a checkpoint (.pt, .pth, .safetensors) or "
+    "an ONNX or TorchScript file written by 'edsr export'"
+)
+# The ONNX ModelProto's first fields on the wire: ir_version (1, a varint), then producer_name
+# (2), ..., graph (7) or opset_import (8), each a length-delimited field.
+_ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42}
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What a model file is, from its first bytes: ``safetensors``, ``pytorch`` (torch.save's
+    zip or pickle, possibly damaged), ``onnx``, ``torchscript``, or a description of something
+    else (``text``, ``zip archive``, ...) for a message."""
     path = Path(path)
+    if _looks_like_safetensors(path):
+        return "safetensors"
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "pytorch"  # a cut-off torch.save file; torch.load says "truncated"
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "pytorch"
+        return "zip archive"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pytorch"  # torch.save's legacy pickle format
+    if len(head) > 2 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in _ONNX_NEXT_TAGS:
+        return "onnx"
+    for magic, kind in (
+        (b"\x1f\x8b", "gzip archive"),
+        (b"\x89HDF", "HDF5 file (Keras weights?)"),
+        (b"\x93NUMPY", "numpy array file"),
+        (b"\x89PNG", "PNG image"),
+        (b"\xff\xd8\xff", "JPEG image"),
+        (b"7z\xbc\xaf", "7z archive"),
+        (b"Rar!", "RAR archive"),
+    ):
+        if head.startswith(magic):
+            return kind
+    if head[257:262] == b"ustar":
+        return "tar archive"
+    if head and b"\x00" not in head:
+        try:
+            text = head.decode("utf-8").lstrip().lower()
+        except UnicodeDecodeError:
+            return "unrecognised binary data"
+        if text.startswith(("<!doctype html", "<html")):
+            return "HTML page (a failed download?)"
+        if text.startswith(("{", "[")):
+            return "JSON text"
+        return "text"
+    return "unrecognised binary data"
+
+
+def read_checkpoint(
+    path: str | os.PathLike, *, scale: int | None = None, authors: bool = False
+) -> tuple[StateDict, dict | None, dict[str, str]]:
+    """Return (official-layout state dict, embedded config or None, safetensors metadata).
+
+    ``path`` may also be a super-image folder or Hugging Face hub id (``scale`` picks its
+    weights file); a super-image file comes back converted, with the config it needs.
+    ``authors``: the file is known to be in the authors' convention (a registry entry,
+    hash-checked), so it is not :func:`_decide_convention`'s to judge.
+    """
+    path = Path(path)
+    if not path.exists() and (repo := superimage.hub_id(path)):
+        path = superimage.hub_folder(repo, scale)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory; give the weights file")
+        weights = superimage.weights_in_folder(path, scale)
+        if weights is None:
+            raise CheckpointError(f"checkpoint {path} is a directory; give the weights file")
+        path = weights
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); download it again")
-    if _looks_like_safetensors(path):
+    kind = file_kind(path)
+    if kind in ("onnx", "torchscript"):
+        raise CheckpointError(
+            f"{path} is an exported {'ONNX' if kind == 'onnx' else 'TorchScript'} graph, not a "
+            "checkpoint: --model and load_model run it, but to convert or export, start from "
+            "the checkpoint it was exported from"
+        )
+    if kind not in ("safetensors", "pytorch"):
+        raise CheckpointError(f"{path} looks like {_article(kind)}, not a model; {MODEL_ACCEPTS}")
+    if kind == "safetensors":
         try:
             sd = load_file(str(path))
             from safetensors import safe_open
@@ -63,7 +152,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, di
                 config = json.loads(meta["config"])
             except json.JSONDecodeError:
                 raise CheckpointError(f"checkpoint {path} has a corrupt embedded config") from None
-        return _finite(normalize_state_dict(sd), path), config, meta
+        return _finite(fill_authors_mean(normalize_state_dict(sd)), path), config, meta
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before failing; the failure says it all.
@@ -89,7 +178,45 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict | None, di
             f"cannot read checkpoint {path}: not a PyTorch or safetensors file, or truncated "
             f"({msg})"
         ) from None
-    return _finite(normalize_state_dict(obj), path), None, {}
+    sd = _finite(normalize_state_dict(obj), path)
+    return (fill_authors_mean(sd), None, {}) if authors else _decide_convention(sd, path)
+
+
+def _decide_convention(sd: StateDict, path: Path) -> tuple[StateDict, dict | None, dict[str, str]]:
+    """A pickle with the authors' key names is theirs (0..255, DIV2K mean) or super-image's
+    (0..1, no mean shift): the same keys, pictures 120 gray levels apart. Decided by its
+    config beside it or its name, else by which convention keeps a flat gray flat."""
+    why = superimage.evidence(path, sd)
+    if why is None and lacks_mean(sd):
+        return fill_authors_mean(sd), None, {}
+    if why is None and "tail.1.weight" in sd and "sub_mean.bias" in sd:
+        convention, authors, peer = superimage.convention_by_flat_gray(sd)
+        if convention is None:
+            raise CheckpointError(
+                f"{path} has the authors' EDSR key names, but whether it is theirs (0..255 "
+                f"images, DIV2K mean) or super-image's (0..1, no mean shift) its weights do not "
+                f"tell (a flat gray moves {authors:.0f} vs {peer:.0f} levels); if it is "
+                "super-image's, put its config.json beside it or name it pytorch_model_<S>x.pt "
+                "(S its scale); if the authors', save it without its sub_mean/add_mean tensors"
+            )
+        if convention == "super-image":
+            why = "its weights (they keep a flat gray only on 0..1 images)"
+    if why is None:
+        return sd, None, {}
+    cfg = superimage.folder_config(path.parent)
+    try:
+        sd, config = superimage.from_superimage(sd, cfg, name=path.name, source=str(path))
+    except KeyError as e:
+        raise CheckpointError(
+            f"{path} looks like a super-image file ({why}) but lacks tensor {e}"
+        ) from None
+    return sd, config, {"convention": f"super-image, by {why}"}
+
+
+def _article(kind: str) -> str:
+    if kind.endswith(("text", "data")):
+        return kind
+    return ("an " if kind[0] in "aeiouAEIOUH" else "a ") + kind
 
 
 def _finite(sd: StateDict, path: Path) -> StateDict:

@@ -15,12 +15,16 @@ from typing import Any
 
 import torch
 
+from edsr import defaults
 from edsr.errors import CheckpointError, EdsrError
 from edsr.io.cache import sha256_file
 from edsr.models import SRModel
+from edsr.runtimes import KINDS as EXPORTED_KINDS
+from edsr.runtimes import ExportedModel, load_exported
+from edsr.validators import MAX_RES_SCALE, finite_float
 from edsr.weights.download import download_weights, hash_matches
 from edsr.weights.entry import WeightsEntry
-from edsr.weights.io import model_from_state_dict, read_checkpoint, save_model
+from edsr.weights.io import file_kind, model_from_state_dict, read_checkpoint, save_model
 from edsr.weights.registry import default_model, find_entry, get_entry, known_names, list_entries
 
 #: What ``load_model`` accepts as a model: a file, a registry name, or None for the default.
@@ -28,7 +32,7 @@ ModelSpec = str | os.PathLike[str] | None
 
 # Suffixes that mark a model name as a file name, so a missing file gets "does not exist"
 # rather than "unknown weights name".
-_FILE_SUFFIXES = {".pt", ".pth", ".safetensors", ".ckpt", ".bin", ".tar"}
+_FILE_SUFFIXES = {".pt", ".pth", ".safetensors", ".ckpt", ".bin", ".tar", ".onnx", ".ts", ".jit"}
 
 
 def load_model(
@@ -38,28 +42,44 @@ def load_model(
     res_scale: float | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> SRModel:
+) -> SRModel | ExportedModel:
     """Load a model, in eval mode: the bundled default, a registry entry, or a checkpoint file.
 
     ``spec`` left out is the bundled default (offline, from the package's own files). A
     registry name is downloaded into the cache when missing (``$EDSR_OFFLINE=1`` forbids the
     network), hash-checked, and built with the entry's settings. A file may be any accepted
     layout: the authors' ``.pt`` files, dicts wrapping them (``state_dict``, ``model``,
-    ``params``, ``params_ema``), ``module.``/``_orig_mod.`` prefixes, BasicSR's EDSR layout, and
-    this project's safetensors; its hyperparameters come from the embedded config or the tensor
-    shapes. An existing file wins over a registry name of the same spelling.
+    ``params``, ``params_ema``, a GAN's generator, ...), ``module.``/``_orig_mod.``/``netG.``
+    prefixes, BasicSR's EDSR layout, super-image's files, folders and hub ids (``scale`` picks
+    the file; see :mod:`edsr.weights.superimage`), and this project's safetensors; its
+    hyperparameters come from the embedded config or the tensor shapes. An existing file wins
+    over a registry name of the same spelling.
 
     ``res_scale`` overrides the entry's or file's (shapes cannot show it; the paper's
     convention is used for files without a config). ``scale``, when given, must be one the
-    model has. ``device``: None leaves the model on the CPU, ``"auto"`` picks CUDA when present.
+    model has. ``device``: None is :data:`edsr.defaults.DEVICE` (``auto``: CUDA when present).
+
+    An ONNX or TorchScript file written by ``edsr export`` comes back as an
+    :class:`~edsr.runtimes.ExportedModel` that runs it (onnxruntime on the CPU, torch.jit on
+    ``device``): it upscales, tiles and serves like a checkpoint's model, at its one scale, but
+    cannot be trained or exported again.
     """
+    if res_scale is not None:
+        finite_float(res_scale, "res_scale", maximum=MAX_RES_SCALE)
     target = _device(device)
     found = _resolve(spec)
     if isinstance(found, WeightsEntry):
         return load_weights(
             found, scale=scale, res_scale=res_scale, device=target, progress=progress
         )
-    return _finish(_load_file(found, res_scale), scale, str(found), target)
+    kind = file_kind(found) if found.is_file() and found.stat().st_size else None
+    if kind in EXPORTED_KINDS:
+        if res_scale is not None:
+            raise EdsrError(f"{found} is an exported graph: its res_scale is folded in already")
+        exported = load_exported(found, str(kind), target)
+        _check_scale(exported.scales, scale, str(found))
+        return exported
+    return _finish(_load_file(found, res_scale, scale), scale, str(found), target)
 
 
 def load_weights(
@@ -79,7 +99,7 @@ def load_weights(
     e = get_entry(entry)
     target = _device(device)
     path = download_weights(e, progress=progress)
-    sd, _, _ = read_checkpoint(path)
+    sd, _, _ = read_checkpoint(path, authors=True)  # hash-checked: the authors' convention
     model = model_from_state_dict(sd, config=_config(e, res_scale), source=f"{e.name} ({path})")
     return _finish(model, scale, e.name, target)
 
@@ -102,12 +122,14 @@ def import_checkpoint(
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise EdsrError(f"{dest} already exists; pass --overwrite to replace it")
+    if res_scale is not None:
+        finite_float(res_scale, "res_scale", maximum=MAX_RES_SCALE)
     found = _resolve(source)
     entry = found if isinstance(found, WeightsEntry) else _entry_for_file(found)
     if isinstance(found, WeightsEntry):
-        model = load_weights(found, res_scale=res_scale, progress=progress)
+        model = load_weights(found, res_scale=res_scale, device="cpu", progress=progress)
     elif entry is not None:
-        sd, _, _ = read_checkpoint(found)
+        sd, _, _ = read_checkpoint(found, authors=True)
         model = model_from_state_dict(sd, config=_config(entry, res_scale), source=str(found))
     else:
         model = _load_file(found, res_scale)
@@ -133,11 +155,10 @@ def _resolve(spec: ModelSpec) -> WeightsEntry | Path:
     raise EdsrError(f"{spec!r} is neither a file nor a known weights name; {known_names(spec)}")
 
 
-def _device(device: str | torch.device | None) -> torch.device | None:
-    if device is None or isinstance(device, torch.device):
+def _device(device: str | torch.device | None) -> torch.device:
+    if isinstance(device, torch.device):
         return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = defaults.resolve_device(device)
     try:
         target = torch.device(device)
     except RuntimeError:
@@ -156,8 +177,9 @@ def _config(entry: WeightsEntry, res_scale: float | None) -> dict[str, Any]:
     return config
 
 
-def _load_file(path: Path, res_scale: float | None) -> SRModel:
-    sd, config, _ = read_checkpoint(path)
+def _load_file(path: Path, res_scale: float | None, scale: int | None = None) -> SRModel:
+    # scale picks the file in a super-image folder or hub id (one file per scale there)
+    sd, config, _ = read_checkpoint(path, scale=scale)
     try:
         return model_from_state_dict(sd, config=config, res_scale=res_scale, source=str(path))
     except CheckpointError as e:
@@ -166,13 +188,17 @@ def _load_file(path: Path, res_scale: float | None) -> SRModel:
 
 
 def _finish(model: SRModel, scale: int | None, source: str, device: torch.device | None) -> SRModel:
-    if scale is not None and int(scale) not in model.scales:
-        have = ", ".join(f"x{s}" for s in model.scales)
+    _check_scale(model.scales, scale, source)
+    return model if device is None else model.to(device)
+
+
+def _check_scale(scales: tuple[int, ...], scale: int | None, source: str) -> None:
+    if scale is not None and int(scale) not in scales:
+        have = ", ".join(f"x{s}" for s in scales)
         raise CheckpointError(
             f"{source} is an {have} model; it cannot upscale x{scale} (use --scale "
-            f"{model.scales[0]} or weights trained for that scale)"
+            f"{scales[0]} or weights trained for that scale)"
         )
-    return model if device is None else model.to(device)
 
 
 def _entry_for_file(path: Path) -> WeightsEntry | None:

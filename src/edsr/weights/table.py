@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+from edsr import defaults
 from edsr.weights.entry import PROTOCOL_BENCHMARK, PROTOCOL_DIV2K, WeightsEntry
 from edsr.weights.registry import list_entries
 
@@ -150,7 +151,9 @@ def describe(entry: WeightsEntry) -> str:
         f"name:        {e.name}" + (f" (also {', '.join(e.aliases)})" if e.aliases else ""),
         f"description: {e.description}" if e.description else "",
         f"config:      {json.dumps(e.config())}",
-        f"parameters:  {e.parameters:,}",
+        f"scales:      {' '.join(f'x{s}' for s in e.scales)} "
+        f"(default x{defaults.default_scale(e.scales)})",
+        f"parameters:  {e.parameters:,} (learned; the fixed mean shifts left out)",
         f"file:        {e.filename}" + (f" (bundled: assets/{e.bundled})" if e.bundled else ""),
         f"size:        {'unknown' if e.size is None else f'{e.size:,} bytes'}",
         f"sha256:      {e.sha256}"

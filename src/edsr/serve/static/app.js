@@ -116,6 +116,7 @@
       sel.appendChild(o);
     }
     if ([...sel.options].some((o) => o.value === previous)) sel.value = previous;
+    else if (m && m.default_scale) sel.value = String(m.default_scale);  // the CLI's default
     updateModelInfo();
   }
 
