@@ -1,9 +1,11 @@
 """The long-job estimate against the time the job then takes, in one run.
 
-``edsr upscale`` says "about N min" for an image whose job is estimated at over a minute: a
-job of several tiles is timed on its own first tile (the prepared model the job runs: precision
-auto, the fused or int8 path, the self-ensemble, the job's tile size and the machine's load
-of the moment), a one-tile job by the timing passes of ``plan_job``. This runs the CLI's
+``edsr upscale`` says "about N min" before it starts an image whose job is estimated at over
+a minute, from ``plan_job``'s timing passes on the prepared model the job runs (precision auto,
+the fused or int8 path, the self-ensemble, passes growing toward the job's tile); a job of
+several tiles then checks it on its own first tiles and says a revised line when they
+disagree by over half. The ratio below is taken on the first line, the one said before any
+work. This runs the CLI's
 per-image engine (``upscale_image_file`` on the model ``upscale_files`` prepares, progress on,
 precision auto) on an 800x800 image x4 with the self-ensemble and the bundled model, a job of
 minutes on a CPU, and prints:

@@ -55,21 +55,29 @@ def test_the_timing_run_is_the_jobs_own_pass(model, monkeypatch, precision):
             hook.remove()
 
 
-def test_a_job_of_several_tiles_is_timed_on_its_first(monkeypatch):
+def test_a_long_job_is_said_before_it_starts_and_checked_on_its_tiles(monkeypatch):
     monkeypatch.setattr(estimate_module, "LONG_JOB_SECONDS", 0.1)
     stub = JobEstimate(plan=None, tiles=4, memory=1 << 20, seconds=1000.0)  # type: ignore[arg-type]
     lines = []
     announce = Announcer(stub, lines.append, "a.png")
     announce(0, 4)
-    assert not lines  # not from the first estimate: from the first tile
+    assert lines == ["a.png: about 17 min: 4 tiles, 1.0 MiB working memory"]  # before any work
     time.sleep(0.2)
-    announce(1, 4)
-    assert len(lines) == 1 and lines[0].startswith("a.png: about ")
-    assert 0.8 <= announce.said.seconds < 2.0  # 4 tiles of the first one's time
+    announce(1, 4)  # the first tile says 4 x 0.2 s, far from 1000 s: revised
+    assert len(lines) == 2 and lines[1].startswith("a.png: revised, about ")
+    assert 0.8 <= announce.said.seconds < 2.0
     time.sleep(0.2)
-    announce(2, 4)  # the second tile agrees: no second line
+    announce(2, 4)  # the second tile agrees: no further line
     announce(3, 4)
-    assert len(lines) == 1
+    assert len(lines) == 2
+    # an estimate the first tile confirms is not said again
+    close = JobEstimate(plan=None, tiles=2, memory=1 << 20, seconds=0.4)  # type: ignore[arg-type]
+    kept = []
+    ok = Announcer(close, kept.append, "d.png")
+    ok(0, 2)
+    time.sleep(0.2)
+    ok(1, 2)
+    assert len(kept) == 1
     # a first tile that paid for a cold start (a compiler, say) is revised by the second
     revised = []
     cold = Announcer(stub, revised.append, "c.png")
@@ -78,7 +86,7 @@ def test_a_job_of_several_tiles_is_timed_on_its_first(monkeypatch):
     cold(1, 4)
     time.sleep(0.02)
     cold(2, 4)
-    assert len(revised) == 2 and revised[1].startswith("c.png: revised, about ")
+    assert len(revised) == 3 and revised[2].startswith("c.png: revised, about ")
     assert 0.4 <= cold.said.seconds < 1.0  # the first tile, then 3 of the second's time
     # one tile: said at its start, from the estimate
     one = []

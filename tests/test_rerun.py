@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import DATA, crop_set
@@ -17,21 +16,15 @@ from edsr.errors import EdsrError
 from edsr.evaluate import evaluate
 from edsr.inference import upscale_files
 from edsr.io.image import read_image, to_8bit
-from edsr.models import EDSR
 from edsr.resize import bicubic_lr
+from sr_helpers import small_edsr
 
 SET5 = DATA / "Set5" / "HR"
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(1)
-    m = EDSR(scale=2, n_resblocks=2, n_feats=16)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.03)
-    return m.eval()
+    return small_edsr(2, std=0.03)
 
 
 def _crop(name, box, dst):

@@ -115,6 +115,17 @@ def test_learning_rate_halves_on_schedule():
     assert learning_rate(cfg, 200_000) == 5e-5 and learning_rate(cfg, 400_000) == 2.5e-5
 
 
+def test_cosine_schedule_falls_from_lr_to_lr_min_over_the_run():
+    cfg = TrainConfig(train=["x"], iters=1000, lr=2e-5, lr_schedule="cosine", lr_min=1e-6)
+    rates = [learning_rate(cfg, s) for s in range(0, 1001, 50)]
+    assert rates[0] == pytest.approx(2e-5) and rates[-1] == pytest.approx(1e-6)
+    assert learning_rate(cfg, 500) == pytest.approx((2e-5 + 1e-6) / 2)  # halfway: the mean
+    assert all(a > b for a, b in zip(rates[:-1], rates[1:], strict=True))
+    for bad in ({"lr_schedule": "linear"}, {"lr_min": 3e-4}, {"lr_min": -1.0}):
+        with pytest.raises(EdsrError, match="lr_schedule|lr_min"):
+            TrainConfig(train=["x"], **bad).validate()
+
+
 def test_resume_after_kill_9_gives_identical_weights(tmp_path):
     # The learning rate halves inside the run, so a resume that halved it again would differ.
     straight = tiny_cfg(tmp_path / "a", lr_decay_every=2)

@@ -93,11 +93,11 @@ def format_duration(seconds: float) -> str:
 class Announcer:
     """An ``on_tile`` that says a long job's estimate (``say("<name>: about ...")``).
 
-    A job of several tiles is timed on its own first tile: the compute path, the tile size and
-    the machine's load of this very job, at no extra cost; the line comes when that tile is
-    done. The first tile also pays for what a first run of that size costs (kernel choice,
-    allocation, a compiler's work), so when the second one says otherwise by over half, a
-    ``revised`` line follows. A job of one tile is said at its start, from :func:`plan_job`.
+    A long job is said at its start, from :func:`plan_job`. A job of several tiles is then
+    timed on its own tiles (the compute path, the tile size and the machine's load of this
+    very job, at no extra cost): when its first tile, or its second (the first also pays for
+    kernel choice, allocation, a compiler's work), says otherwise by over half, a ``revised``
+    line follows.
     """
 
     def __init__(self, estimate: JobEstimate, say: Callable[[str], None], name: str) -> None:
@@ -110,17 +110,23 @@ class Announcer:
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
         if done == 0:
+            # A long job is said before it starts, from plan_job's timing passes; the tiles
+            # then check it.
             self.start = now
-            if total == 1 and self.estimate.long:
+            if self.estimate.long:
                 self._say(self.estimate)
         elif done == 1 and total > 1:
             self.first = now - self.start
-            self._say(dataclasses.replace(self.estimate, seconds=self.first * total))
+            self._revise(self.first * total)
         elif done == 2 and total > 2:
-            warm = self.first + (now - self.start - self.first) * (total - 1)
-            said = self.said.seconds if self.said is not None else 0.0
-            if not said / 1.5 <= warm <= said * 1.5:
-                self._say(dataclasses.replace(self.estimate, seconds=warm), "revised, ")
+            self._revise(self.first + (now - self.start - self.first) * (total - 1))
+
+    def _revise(self, seconds: float) -> None:
+        """Say the tiles' measure when it differs from what was said by over half."""
+        said = self.said.seconds if self.said is not None else 0.0
+        if not said / 1.5 <= seconds <= said * 1.5:
+            note = "revised, " if self.said is not None else ""
+            self._say(dataclasses.replace(self.estimate, seconds=seconds), note)
 
     def _say(self, estimate: JobEstimate, note: str = "") -> None:
         if estimate.long:
