@@ -5,12 +5,12 @@ is always that of the pass the job runs: the model as given (prepared: its preci
 int8 engine), the self-ensemble's 8 forwards when the job has them, never the plain layers.
 
 - :func:`plan_job` times it before the job: a small warm pass, then, for a job that looks long,
-  passes growing toward the job's tile while their speed still climbs (within a few seconds).
+  passes growing toward the job's tile (within a few seconds): that is what is said first.
   Time = multiply-adds of every tile (overlaps included) / that speed; it errs long, since a
   pass smaller than the tile runs less efficiently. It plans the tiles and says a one-tile job.
-- :class:`Announcer` times a job of several tiles on its own first tile (what it costs, on
-  this machine's load of the moment, at no extra cost) and says that, revised by the second
-  tile when the first paid for a cold start (kernel choice, a compiler).
+- :class:`Announcer` says it, then checks a job of several tiles on its own first tiles (what
+  they cost, on this machine's load of the moment, at no extra cost) and says a revised line
+  when they disagree by over half.
 
 Why not one small fixed pass, as before: a 20x20 image is mostly per-layer overhead (0.6 s a
 forward on a loaded 2-core CPU, whatever the size; far more than the arithmetic on a GPU), and
@@ -258,8 +258,9 @@ def plan_job(
         side = max(side, min_tile(plan.overlap), least)
         if side < max(h, w):
             plan = plan_tiles(model, colour_shape, scale, tile=side, **opts)
-    # a job of several tiles is timed on its first (Announcer): only one of a single pass here
-    return _estimate(model, n, scale, plan, ensemble, refine=tile_count(plan, n) == 1)
+    # said before the job starts, so timed on passes near its tile size whatever their number
+    # (Announcer then checks it on the job's own tiles)
+    return _estimate(model, n, scale, plan, ensemble, refine=True)
 
 
 def _estimate(
