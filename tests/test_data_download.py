@@ -337,6 +337,9 @@ def test_image_set_corrupt_file_refused_then_the_rest_fetched(
     assert sorted(p.name for p in hr.iterdir()) == ["baby.png", "head.png"]
     assert not list((home / "downloads").rglob("bird*"))  # a wrong file is not kept
     assert status(IMG).state == "partial"
+    # a cut set does not pass for the whole one where a command names it
+    with pytest.raises(EdsrError, match="only partly downloaded.*edsr data download TestImages"):
+        find_data(IMG)
     assert main(["data", "list"]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith(IMG))
     assert "3 images" in row and "pixel SHA-256" in row and "partial (2 of 3 images)" in row
@@ -346,6 +349,7 @@ def test_image_set_corrupt_file_refused_then_the_rest_fetched(
     assert main(["data", "download", IMG, "--quiet"]) == 0
     assert server.paths == ["/repo/abc123/data/bird.bmp"]
     _check_images(home / IMG, sources)
+    assert find_data(IMG) == home / IMG
 
 
 def test_image_set_placed_by_hand_offline(home, sources, monkeypatch):

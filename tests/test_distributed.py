@@ -104,16 +104,14 @@ def test_upscale_over_two_ranks_equals_one_process(tmp_path, images, tiny_model)
     for name in want:
         a = (tmp_path / "one" / "out" / name).read_bytes()
         assert (tmp_path / "two" / "out" / name).read_bytes() == a, name
-    assert (
-        one.stdout == two.stdout == ("wrote 5 images to out; skipped 1 unreadable: c_broken.png\n")
-    )
+    assert one.stdout == two.stdout == ("wrote 5 images to out; 1 failed: c_broken.png\n")
     assert edsr_lines(two.stderr) == edsr_lines(one.stderr)
     assert len(edsr_lines(one.stderr)) == 1 and "c_broken.png" in one.stderr
 
     # Again with --skip-existing: everything is there but the unreadable file's output.
     again = run(torchrun_cmd(*args, "--skip-existing"), tmp_path / "two")
     assert again.stdout == "wrote 0 images to out; skipped 5 already written; " + (
-        "skipped 1 unreadable: c_broken.png\n"
+        "1 failed: c_broken.png\n"
     )
 
 

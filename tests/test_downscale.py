@@ -121,5 +121,5 @@ def test_unreadable_image_is_reported_and_counted(tmp_path, capsys):
     code = main(["downscale", str(src), "-o", str(tmp_path / "o"), "--scale", "2", "--quiet",
                  "--jobs", "1"])  # fmt: skip
     out = capsys.readouterr()
-    assert code == 1 and "wrote 1 images; 0 already done; skipped 1 unreadable" in out.out
+    assert code == 1 and "wrote 1 images; 0 already done; 1 refused" in out.out
     assert "broken.png" in out.out

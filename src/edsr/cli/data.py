@@ -146,7 +146,7 @@ def _run_downscale(args: argparse.Namespace) -> int:
     )
     summary = f"wrote {report.written} images; {report.skipped} already done"
     if report.failed:
-        print(f"{summary}; skipped {len(report.failed)} unreadable: {report.failed[0]}")
+        print(f"{summary}; {len(report.failed)} refused: {report.failed[0]}")
         return 1
     print(f"{summary} -> {args.output}")
     return 0

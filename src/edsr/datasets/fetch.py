@@ -121,6 +121,11 @@ def find_data(spec: str | os.PathLike[str], root: str | os.PathLike[str] | None 
         return path
     folder = data_root(root) / entry.folder
     if folder.is_dir():
+        if status(entry, root).state == "partial":  # a cut download must not pass for the set
+            raise EdsrError(
+                f"data set {entry.name} in {folder} is only partly downloaded; "
+                f"run `edsr data download {entry.name}` to finish it"
+            )
         return folder
     raise EdsrError(
         f"no data set {spec!r} in this folder or in the data cache ({folder}); "

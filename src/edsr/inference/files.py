@@ -61,7 +61,7 @@ class BatchResult:
         if self.failed:
             names = ", ".join(p.name for p, _ in self.failed[:5])
             more = ", ..." if len(self.failed) > 5 else ""
-            parts.append(f"skipped {len(self.failed)} unreadable: {names}{more}")
+            parts.append(f"{len(self.failed)} failed: {names}{more}")
         return "; ".join(parts)
 
     def __iter__(self) -> Iterator[Path]:
