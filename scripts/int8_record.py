@@ -1,6 +1,8 @@
 """The bundled model's int8 record: its calibration and the quality it was measured to keep.
 
-Two steps around two ``edsr eval`` runs of the same images, one per precision:
+Two steps around two ``edsr eval`` runs, one per precision; the fp32 run may cover more data
+sets than the int8 one (the bundled model's full plain eval, say), and the record holds the
+data sets and scales of the int8 run:
 
     python scripts/int8_record.py calibrate TRAIN_DIR
     edsr eval --data Set5 Urban100 --scale 2 3 4 --precision fp32 \\
@@ -42,16 +44,17 @@ def _psnr_table(report: Path) -> dict[str, dict[str, float]]:
 
 
 def _p999(a_dir: Path, b_dir: Path) -> dict[str, dict[str, float]]:
-    """99.9th percentile of |a - b| in gray levels, per data set and scale, over all pixels.
+    """99.9th percentile of |a - b| in gray levels, per data set and scale, over all pixels of
+    the images in ``b_dir``, each of which must be in ``a_dir``.
 
     Both folders are ``edsr eval --save-images`` trees: ``<data set>/x<scale>/<image>.png``.
     """
     diffs: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
-    for a_file in sorted(a_dir.glob("*/x*/*.png")):
-        rel = a_file.relative_to(a_dir)
-        b_file = b_dir / rel
-        if not b_file.is_file():
-            raise SystemExit(f"{b_file} is missing: evaluate both precisions on the same images")
+    for b_file in sorted(b_dir.glob("*/x*/*.png")):
+        rel = b_file.relative_to(b_dir)
+        a_file = a_dir / rel
+        if not a_file.is_file():
+            raise SystemExit(f"{a_file} is missing: evaluate both precisions on the same images")
         a = to_8bit(read_image(a_file).pixels).astype(np.int16)
         b = to_8bit(read_image(b_file).pixels).astype(np.int16)
         diffs[rel.parts[0], rel.parts[1][1:]].append(np.abs(a - b).ravel())
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no stored calibration for this model: run the calibrate step first")
     fp32, int8 = _psnr_table(Path(args.fp32_json)), _psnr_table(Path(args.int8_json))
     gray = _p999(Path(args.fp32_images), Path(args.int8_images))
-    cells = [(ds, s) for ds in fp32 for s in fp32[ds]]
+    fp32 = {ds: {s: fp32[ds][s] for s in int8[ds]} for ds in int8}  # the int8 run's cells
+    cells = [(ds, s) for ds in int8 for s in int8[ds]]
     worst_db = max(fp32[ds][s] - int8[ds][s] for ds, s in cells)
     worst_gray = max(gray[ds][s] for ds, s in cells)
     quality = {

@@ -352,6 +352,22 @@ def test_image_set_corrupt_file_refused_then_the_rest_fetched(
     assert find_data(IMG) == home / IMG
 
 
+def test_a_whole_image_set_placed_by_hand_is_the_set(home, sources, monkeypatch, tmp_path):
+    """The shared copies under a --data-root carry no download record: every image in place
+    is the set; one missing is a cut set."""
+    monkeypatch.setitem(DATASETS, IMG, _image_entry(refused_url("/repo/"), sources))
+    root = tmp_path / "by-hand"
+    hr = root / IMG / "HR"
+    hr.mkdir(parents=True)
+    for f, (_, px) in sources.items():
+        Image.fromarray(px).save(hr / f"{Path(f).stem}.png")
+    assert status(IMG, root).state == "present" and find_data(IMG, root) == root / IMG
+    (hr / "head.png").unlink()
+    assert status(IMG, root).state == "partial"
+    with pytest.raises(EdsrError, match="only partly downloaded"):
+        find_data(IMG, root)
+
+
 def test_image_set_placed_by_hand_offline(home, sources, monkeypatch):
     entry = _image_entry(refused_url("/repo/"), sources)
     monkeypatch.setenv("EDSR_OFFLINE", "1")

@@ -36,7 +36,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 # The miniature: the package recipe's stages, each a few iterations on tiny patches.
-MINI_ITERS = (3, 4, 4, 3)
+MINI_ITERS = (3, 4, 4, 3, 2)
 
 
 def miniature(recipe: Recipe, iters=MINI_ITERS) -> Recipe:
@@ -67,17 +67,18 @@ def test_the_package_recipe_is_what_the_runs_recorded():
         "mdsr",
         "mdsr-long",
         "mdsr-low-lr",
+        "mdsr-large-patch",
     ]
     configs = [s.config() for s in recipe.stages]
-    assert [c.iters for c in configs] == [2000, 3600, 12000, 7000]
+    assert [c.iters for c in configs] == [2000, 3600, 12000, 7000, 1200]
     assert configs[0].preset == "edsr-baseline" and configs[0].train == ["T91"]
-    assert [s.init for s in recipe.stages] == [None, "previous", "previous", "previous"]
-    # Stages 2-4 against their own config.toml: every key that changes the weights, except
+    assert [s.init for s in recipe.stages] == [None, *["previous"] * 4]
+    # Stages 2-5 against their own config.toml: every key that changes the weights, except
     # what the recipe states on purpose (stage 2's `auto` was fp32 on its CPU; stage 4 ships
     # step 7,000 of its 8,000).
     on_purpose = {2: {"precision": "auto"}, 4: {"iters": 8000}}
     where = {"out", "train", "val", "init_from", "cache_dir", "checkpoint_every", "workers"}
-    for i in (2, 3, 4):
+    for i in (2, 3, 4, 5):
         ran = read_toml(REPO / "docs" / "training" / f"mdsr-baseline-291-stage{i}-config.toml")
         mine = dataclasses.asdict(configs[i - 1])
         for key, value in ran.items():
@@ -92,29 +93,30 @@ def test_the_registry_entry_points_at_the_recipe():
     recipe = load_recipe("mdsr-baseline-291")
     t = get_entry("mdsr-baseline-291").training
     assert t is not None and t.command == "edsr train --recipe mdsr-baseline-291"
-    assert t.iterations == recipe.iterations == 24_600
+    assert t.iterations == recipe.iterations == 25_800
     assert "assets/recipes/mdsr-baseline-291.toml" in t.notes
 
 
 def test_a_stage_is_one_more_table(tmp_path):
     text = (REPO / "src/edsr/assets/recipes/mdsr-baseline-291.toml").read_text()
-    path = tmp_path / "five.toml"
+    path = tmp_path / "six.toml"
     path.write_text(
         text
-        + '\n[[stage]]\nname = "mdsr-cosine"\ninit = "previous"\nsave_as = "fp16"\n'
+        + '\n[[stage]]\nname = "mdsr-larger-patch"\ninit = "previous"\nsave_as = "fp16"\n'
         + 'preset = "mdsr-baseline"\nscales = [2, 3, 4]\ntrain = ["T91", "BSD200"]\n'
-        + 'iters = 3000\nlr = 2e-5\nlr_schedule = "cosine"\nlr_min = 1e-6\npatch_size = 64\n'
+        + 'iters = 3000\nlr = 1e-5\nlr_schedule = "cosine"\nlr_min = 1e-7\npatch_size = 96\n'
     )
-    five = load_recipe(path)
-    assert [s.table() for s in five.stages[:4]] == [
+    six = load_recipe(path)
+    assert [s.table() for s in six.stages[:5]] == [
         s.table() for s in load_recipe("mdsr-baseline-291").stages
     ]
-    last = five.stages[-1].config()
-    assert (last.lr_schedule, last.patch_size, last.val, last.batch_size) == (
+    last = six.stages[-1].config()
+    assert (last.lr_schedule, last.patch_size, last.val, last.batch_size, last.lr_min) == (
         "cosine",
-        64,
+        96,
         "Set5",
         16,
+        1e-7,
     )
 
 
@@ -173,14 +175,14 @@ def test_miniature_recipe_runs_is_killed_resumes_and_loads(tmp_path, data_root, 
     header = next(line for line in text.splitlines() if line.startswith("#"))
     at = header.index(" done ") + 1  # columns are aligned under their names
     rows = [line for line in text.splitlines() if line[:1].isdigit()]
-    assert [row[at:].split()[0] for row in rows] == ["3", "4", "2", "0"]
+    assert [row[at:].split()[0] for row in rows] == ["3", "4", "2", "0", "0"]
     assert "estimated time to run" in text and "T91" in text
 
     capsys.readouterr()
     assert main(["train", "--resume", str(killed), "--data-root", *roots, "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "stage 1/4 edsr-baseline-x2: done" in out and "stage 2/4 mdsr: done" in out
-    assert "stage 3/4 mdsr-long: continuing at step 2 of 4" in out
+    assert "stage 1/5 edsr-baseline-x2: done" in out and "stage 2/5 mdsr: done" in out
+    assert "stage 3/5 mdsr-long: continuing at step 2 of 4" in out
 
     # The resumed stage equals a straight run of it from the same start, bit for bit.
     cfg = load_config(killed / "3-mdsr-long" / "config.toml")
@@ -189,7 +191,10 @@ def test_miniature_recipe_runs_is_killed_resumes_and_loads(tmp_path, data_root, 
     b = load_file(killed / "3-mdsr-long" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     what_ships = killed / "model.safetensors"
-    assert what_ships.read_bytes() == (killed / "4-mdsr-low-lr/model-fp16.safetensors").read_bytes()
+    assert (
+        what_ships.read_bytes()
+        == (killed / "5-mdsr-large-patch/model-fp16.safetensors").read_bytes()
+    )
     final = load_file(what_ships)
     assert final["body.0.body.0.weight"].dtype == torch.float16  # stored as the bundled file is
     # Each stage started from the one before: its config records the file.
@@ -212,7 +217,7 @@ def test_miniature_recipe_runs_is_killed_resumes_and_loads(tmp_path, data_root, 
 def test_a_recipe_folder_is_continued_not_started_over_and_may_gain_stages(
     tmp_path, data_root, capsys
 ):
-    mini = miniature(load_recipe("mdsr-baseline-291"), iters=(1, 1, 1, 1))
+    mini = miniature(load_recipe("mdsr-baseline-291"), iters=(1, 1, 1, 1, 1))
     one, two = (dataclasses.replace(mini, stages=mini.stages[:n]) for n in (1, 2))
     roots = [str(data_root)]
     run_recipe(one, tmp_path / "r", data=roots, progress=False)

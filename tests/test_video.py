@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -123,6 +124,24 @@ def test_output_folder_name_and_no_overwrite(tmp_path, clip, model):
     assert dst == tmp_path / "clip_x2.mp4" and dst.is_file()
     with pytest.raises(EdsrError, match="already exists"):
         upscale_files([clip], tmp_path, model, frames=1, progress=False)
+
+
+def test_skip_existing_keeps_a_done_video_and_redoes_one_whose_input_changed(tmp_path, clip, model):
+    src = tmp_path / "clip.mp4"
+    src.write_bytes(clip.read_bytes())
+    (tmp_path / "out").mkdir()
+    [dst] = upscale_files([src], tmp_path / "out", model, frames=1, progress=False)
+    before = dst.stat().st_mtime_ns
+    again = upscale_files([src], tmp_path / "out", model, skip_existing=True, progress=False)
+    assert again.skipped_existing == [src] and not again.written
+    assert dst.stat().st_mtime_ns == before and len(probe(dst)["frames"]) == 1
+    # The input is edited after its output was written: the output is out of date.
+    make_clip(src, audio=False)
+    os.utime(src, ns=(before + 10**9, before + 10**9))
+    redone = upscale_files([src], tmp_path / "out", model, skip_existing=True, progress=False)
+    assert redone.written == [dst] and not redone.skipped_existing
+    got = probe(dst)
+    assert len(got["frames"]) == N_FRAMES and got["audio"] == []
 
 
 def test_unsupported_container_codec_and_garbage(tmp_path, clip, model):

@@ -165,7 +165,9 @@ def status(entry: str | DataSetEntry, root: str | os.PathLike[str] | None = None
             return Status("by hand", 0, folder)
     if e.images is not None:
         done = images_on_disk(e, base)
-        if _marker(base, e).is_file():
+        # Every image in place is the set, fetched (the marker: each verified) or placed by
+        # hand, as a folder given with --data-root is; only a set with images missing is cut.
+        if _marker(base, e).is_file() or done == len(e.images.files):
             return Status("present", done, folder)
         return Status("partial" if done else "absent", done, folder)
     done = sum(_marker(base, e, a).is_file() for a in e.archives)

@@ -271,7 +271,9 @@ def upscale_files(
     if videos:
         dst = video_output_path(videos[0], output, scale)
         if skip_existing and dst.exists():
-            return BatchResult(skipped_existing=[videos[0]], kind="video")
+            if not _changed_since(videos[0], dst):
+                return BatchResult(skipped_existing=[videos[0]], kind="video")
+            overwrite = True  # out of date, as an image's output would be: replaced
         check_writable(dst, overwrite=overwrite)
         check_folder_writable(dst.parent)
         remove_stale_temps(dst.parent)

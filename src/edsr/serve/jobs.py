@@ -145,27 +145,24 @@ class JobQueue:
         waiting = max(1, self.admitted)
         return max(1, min(120, math.ceil(self._avg_seconds * waiting / self.workers)))
 
-    @contextlib.contextmanager
-    def receiving(self) -> Iterator[None]:
+    def receiving(self) -> contextlib.AbstractContextManager[None]:
         """Hold an upload's place while its body arrives; :class:`Busy` if all are taken."""
-        if self.uploading >= self.max_uploads:
-            raise Busy(self.retry_after())
-        self.uploading += 1
-        try:
-            yield
-        finally:
-            self.uploading -= 1
+        return self._hold("uploading", self.max_uploads)
+
+    def admit(self) -> contextlib.AbstractContextManager[None]:
+        """Hold a place for one request for the duration of the block; :class:`Busy` if full."""
+        return self._hold("admitted", self.capacity)
 
     @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a place for one request for the duration of the block; :class:`Busy` if full."""
-        if self.admitted >= self.capacity:
+    def _hold(self, counter: str, limit: int) -> Iterator[None]:
+        # Both counters are touched only on the event loop's thread: no lock is needed.
+        if getattr(self, counter) >= limit:
             raise Busy(self.retry_after())
-        self.admitted += 1
+        setattr(self, counter, getattr(self, counter) + 1)
         try:
             yield
         finally:
-            self.admitted -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
 
     # -- jobs -----------------------------------------------------------------------------
 
