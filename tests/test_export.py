@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 
 import numpy as np
@@ -283,6 +284,10 @@ def test_int8_onnx_round_trip_states_the_record_measure(tmp_path, capsys, edsr_h
     cli_out = tmp_path / "out.png"
     assert main(["upscale", str(tmp_path / "in.png"), "-o", str(cli_out), "--model", str(out)]) == 0
     assert np.array_equal(_pixels(cli_out), got)
+    # eval scores it as exported: no --precision needed (fp32 is the default for checkpoints)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data", str(DATA / "Set5"), "--scale", "2"]) == 0
+    assert re.search(r"Set5\s+x2\s+\d+\.\d+", capsys.readouterr().out)
 
     # outside the record's tolerance: refused, nothing written
     import edsr.export as export_module

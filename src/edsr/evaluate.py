@@ -180,8 +180,10 @@ def evaluate(
             raise EdsrError(f"the model upscales {have}; it cannot be evaluated at x{bad[0]}")
         if not isinstance(model, InferenceModel):
             # fp32 channels-last: the same float32 arithmetic in oneDNN's fastest layout (1.2x
-            # for MDSR-baseline on a 2-core CPU); the original model is left as it is.
-            model = prepare_model(model, precision=precision or defaults.SCORING_PRECISION)
+            # for MDSR-baseline on a 2-core CPU); the original model is left as it is. An
+            # exported graph is scored in the precision it was exported in ("auto" takes it).
+            default = "auto" if isinstance(model, ExportedModel) else defaults.SCORING_PRECISION
+            model = prepare_model(model, precision=precision or default)
     skip = saved_images(save_images) if save_images is not None else None
     sets = [discover(d, skip=skip) for d in data]
     for evalset in sets:  # before any work: a mixed LR protocol is refused, not averaged
