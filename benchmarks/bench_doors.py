@@ -4,7 +4,7 @@
 
 - README: ``model = edsr.load_model(); edsr.upscale(img, model)`` (the plain module; its
   prepared copy is made on the first call and reused);
-- CLI engine: what ``edsr upscale`` runs, ``prepare_model(model, precision="auto")`` through the
+- CLI engine: what ``edsr upscale`` runs, ``prepare_model`` at ``defaults.PRECISION`` through the
   same tiled engine;
 - server (with the 'serve' extra): ``POST /v1/upscale`` with the image only, in-process
   (FastAPI's TestClient: PNG decode and encode included);
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import edsr  # noqa: E402
+from edsr import defaults  # noqa: E402
 from edsr.inference import describe, upscale_tensor  # noqa: E402
 from edsr.inference.precision import chosen_precision, prepare_model  # noqa: E402
 
@@ -83,7 +84,7 @@ def main() -> int:
     # the README's two lines, first call timed apart: it prepares the model's fast copy
     t_load, model = timed(edsr.load_model)
     t_first, _ = timed(lambda: edsr.upscale(img, model))
-    engine = prepare_model(edsr.load_model(), precision="auto")  # `edsr upscale`'s engine
+    engine = prepare_model(edsr.load_model(), precision=defaults.PRECISION)  # `edsr upscale`
     info = describe(model)
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float()
     cases: dict[str, Callable[[], object]] = {

@@ -38,6 +38,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from edsr import defaults  # noqa: E402
 from edsr.inference.estimate import plan_job  # noqa: E402
 from edsr.inference.files import PROGRESS_TILE_SECONDS, upscale_image_file  # noqa: E402
 from edsr.inference.precision import chosen_precision, compute_model  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=800, help="input side in pixels (default 800)")
     ap.add_argument("--scale", type=int, default=4)
     ap.add_argument("--no-ensemble", dest="ensemble", action="store_false")
-    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--precision", default=defaults.PRECISION)
     ap.add_argument("--device", default=None, help="default: a GPU when present")
     args = ap.parse_args()
 

@@ -288,17 +288,17 @@ def _score_share(
             out.append((i, str(e)))
             tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
             continue
-        sr = super_resolve(model, lr, scale, ensemble=ensemble)
-        kw: dict[str, Any] = dict(
-            crop_border=proto.shave, y_channel=proto.y_channel, gray_as_rgb=proto.gray_as_rgb
-        )
         h, w = hr.shape[-2:]
-        if min(h, w) - 2 * proto.shave < SSIM_WINDOW:
+        if min(h, w) - 2 * proto.shave < SSIM_WINDOW:  # before the work it would waste
             left = f"{max(0, w - 2 * proto.shave)}x{max(0, h - 2 * proto.shave)}"
             raise EdsrError(
                 f"{hr_path} ({w}x{h}) shaved by {proto.shave} leaves {left} pixels, less than "
                 f"SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window; give a smaller --shave"
             )
+        sr = super_resolve(model, lr, scale, ensemble=ensemble)
+        kw: dict[str, Any] = dict(
+            crop_border=proto.shave, y_channel=proto.y_channel, gray_as_rgb=proto.gray_as_rgb
+        )
         p = float(psnr(sr, hr, **kw)[0])
         s = float(ssim(sr, hr, **kw)[0])
         out.append((i, {"image": hr_path.name, "psnr": p, "ssim": s}))

@@ -15,6 +15,7 @@ import numbers
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from edsr.errors import EdsrError
 
@@ -54,6 +55,18 @@ def _refuse(what: str | None, requirement: str, value: object) -> EdsrError:
     return EdsrError(f"expected {requirement}, got {shown}")
 
 
+def _number(value: object, what: str | None, parse: type, kind: type, noun: str) -> Any:
+    """``value`` as a number of ``kind`` (numpy's too, never a bool), text read by ``parse``."""
+    if isinstance(value, str):
+        try:
+            value = parse(value)
+        except ValueError:
+            raise _refuse(what, noun, value) from None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _refuse(what, noun, value)
+    return value
+
+
 def finite_float(
     value: float | int | str,
     what: str | None = None,
@@ -64,14 +77,7 @@ def finite_float(
 ) -> float:
     """A finite number above ``minimum`` (or equal to it, with ``inclusive``), at most
     ``maximum``. Text is read as a number; nan and inf are refused."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _refuse(what, "a number", value) from None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's too
-        raise _refuse(what, "a number", value)
-    value = float(value)
+    value = float(_number(value, what, float, numbers.Real, "a number"))
     low = f"{minimum:g} or more" if inclusive else f"above {minimum:g}"
     requirement = f"a finite number {low}" + (
         f" and at most {maximum:g}" if math.isfinite(maximum) else ""
@@ -87,14 +93,7 @@ def int_in_range(
     value: int | str, what: str | None = None, *, minimum: int = 1, maximum: int = MAX_INT
 ) -> int:
     """A whole number from ``minimum`` to ``maximum``; text is read as one (no "1e3", no "2.0")."""
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            raise _refuse(what, "a whole number", value) from None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's too
-        raise _refuse(what, "a whole number", value)
-    value = int(value)
+    value = int(_number(value, what, int, numbers.Integral, "a whole number"))
     if not minimum <= value <= maximum:
         low = "a positive whole number" if minimum == 1 else f"a whole number from {minimum}"
         top = "2^31-1" if maximum == MAX_INT else f"{maximum}"

@@ -114,8 +114,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
             main_first=True,  # a download into the cache happens once
         )
         if args.verbose and ranks.main:
-            precision = args.precision or defaults.PRECISION
-            print(explain_precision(model, precision, ranks.device(args.device)))
+            print(explain_precision(model, args.precision, ranks.device(args.device)))
         return upscale_files(
             args.inputs,
             args.output,

@@ -28,7 +28,7 @@ from pathlib import Path
 from edsr.errors import EdsrError, ImageError
 from edsr.io.atomic import atomic_open, atomic_write
 from edsr.io.cache import sha256_file
-from edsr.io.datasets import DataSet, find_dataset, own_outputs
+from edsr.io.datasets import DataSet, find_dataset, own_outputs, within
 from edsr.io.image import read_image, to_8bit, write_png
 from edsr.models import check_scales
 from edsr.resize import bicubic_lr, mod_crop
@@ -107,8 +107,7 @@ def _hr_images(hr_dir: Path, out: Path) -> DataSet:
     mine = [os.path.realpath(out / "HR"), os.path.realpath(out / "LR_bicubic")]
 
     def written(p: Path) -> bool:
-        q = os.path.realpath(p)
-        return any(q == m or q.startswith(m + os.sep) for m in mine)
+        return any(within(os.path.realpath(p), m) for m in mine)
 
     try:
         return find_dataset(hr_dir, what="HR", skip=own_outputs(out, written))

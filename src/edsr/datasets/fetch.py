@@ -139,6 +139,12 @@ def _marker(root: Path, entry: DataSetEntry, archive: Archive | None = None) -> 
     return root / entry.folder / f".edsr-{done}.json"
 
 
+def _mark(marker: Path, record: dict[str, object]) -> None:
+    """Write what says a set (or one archive of it) is in place, all at once."""
+    with atomic_write(marker, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(record) + "\n")
+
+
 @dataclass(frozen=True)
 class Status:
     """What is on disk for a data set: ``state`` is present, partial, absent or by hand;
@@ -398,9 +404,7 @@ def download_dataset(
             n = fetch_images(
                 e, base, mirror=where, progress=progress, timeout=timeout, keep_files=keep_archives
             )
-            with atomic_write(marker, overwrite=True) as tmp:
-                record = {"images": n, "checked": "pixels", "source": e.images.source}
-                tmp.write_text(json.dumps(record) + "\n")
+            _mark(marker, {"images": n, "checked": "pixels", "source": e.images.source})
     for a in e.archives:
         marker = _marker(base, e, a)
         if marker.is_file():
@@ -408,9 +412,7 @@ def download_dataset(
         archive = base / "downloads" / a.filename
         _fetch_archive(e, a, archive, mirror=where, progress=progress, timeout=timeout)
         n = _extract(archive, base, a, progress=progress)
-        with atomic_write(marker, overwrite=True) as tmp:
-            record = {"archive": a.filename, "files": n, "source": a.urls[0] if a.urls else None}
-            tmp.write_text(json.dumps(record) + "\n")
+        _mark(marker, {"archive": a.filename, "files": n, "source": a.urls[0] if a.urls else None})
         if not keep_archives and not _still_needed(base, a, e):
             archive.unlink(missing_ok=True)
     find_dataset(folder)  # the layout the readers take, with images in it

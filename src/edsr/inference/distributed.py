@@ -67,14 +67,8 @@ class Ranks:
         ``auto``: CUDA where present, ``cuda:LOCAL_RANK`` for a rank of several, else the CPU;
         a plain ``cuda`` for a rank of several is its own GPU too; anything else (``cpu``,
         ``cuda:N``) is kept as asked."""
-        cuda = torch.cuda.is_available()
-        if requested is None:
-            requested = defaults.DEVICE
-        if requested == "auto":
-            if not cuda:
-                return "cpu"
-            return f"cuda:{self.local_rank}" if self.spread else "cuda"
-        if requested == "cuda" and cuda and self.spread:
+        requested = defaults.resolve_device(requested)
+        if requested == "cuda" and self.spread and torch.cuda.is_available():
             return f"cuda:{self.local_rank}"
         return requested
 

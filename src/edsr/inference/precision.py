@@ -133,8 +133,10 @@ def chosen_precision(
     return precision_name(resolve_precision(precision, device, int8=False))
 
 
-def explain_precision(model: nn.Module, precision: str, device: torch.device | str) -> str:
-    """One line for ``-v``: the path chosen, and the CPU flags and quality record behind it."""
+def explain_precision(model: nn.Module, precision: str | None, device: torch.device | str) -> str:
+    """One line for ``-v``: the path chosen (``precision`` None: the default), and the CPU
+    flags and quality record behind it."""
+    precision = defaults.PRECISION if precision is None else precision
     name = chosen_precision(model, precision, device)
     if isinstance(unwrap(model), ExportedModel):
         return f"precision: {name} (an exported graph runs as it was exported)"

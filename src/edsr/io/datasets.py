@@ -25,7 +25,8 @@ Layout = Literal["benchmark", "div2k", "folder"]
 Skip = Callable[[Path, Path], bool]
 
 
-def _within(path: str, folder: str) -> bool:
+def within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies under it (both real paths, as strings)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
@@ -44,10 +45,10 @@ def own_outputs(
     def skip(root: Path, path: Path) -> bool:
         # where the entry lives, not where a symlink points
         p = os.path.join(os.path.realpath(path.parent), path.name)
-        if not _within(p, out):
+        if not within(p, out):
             return False
         r = os.path.realpath(root)
-        return (tree and out != r and _within(out, r)) or written(path)
+        return (tree and out != r and within(out, r)) or written(path)
 
     return skip
 

@@ -68,7 +68,9 @@ class TrainConfig:
     on_bad_image: str = "skip"  # skip | fail
     cache_dir: str | None = None
 
-    def validate(self) -> None:
+    def validate(self, *, run_paths: bool = True) -> None:
+        """Refuse a bad value on one line. ``run_paths=False`` leaves out the run folder and
+        ``init_from``: a recipe stage's values are checked before the recipe sets them."""
         if self.preset not in PRESETS:
             raise EdsrError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         self.scales = list(check_scales(self.scales))
@@ -110,8 +112,9 @@ class TrainConfig:
             raise EdsrError(f"on_bad_image must be 'skip' or 'fail', not {self.on_bad_image!r}")
         int_in_range(self.workers, "workers", minimum=0, maximum=MAX_PROCESSES)
         int_in_range(self.seed, "seed", minimum=0, maximum=MAX_SEED)
-        output_folder(self.out, "the run folder")
-        if self.init_from is not None:  # before hours of decoding, not after
+        if run_paths:
+            output_folder(self.out, "the run folder")
+        if run_paths and self.init_from is not None:  # before hours of decoding, not after
             input_file(self.init_from, "--init-from")
         if self.cache_dir is not None:
             output_folder(self.cache_dir, "the cache folder")

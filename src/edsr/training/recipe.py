@@ -19,7 +19,6 @@ import dataclasses
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from edsr import defaults
 from edsr.datasets import data_root, find_data
 from edsr.errors import EdsrError
 from edsr.inference.precision import resolve_precision
@@ -68,10 +68,7 @@ class Stage:
         preset = self.values.get("preset", TrainConfig.preset)
         cfg = preset_recipe(preset, self.values.get("scales"))
         cfg = apply_overrides(cfg, self.values, source=f"stage {self.name!r}")
-        # Checked against a folder that is always writable, so whether the stage's values are
-        # valid never depends on where it is asked; train() checks the real run folder.
-        cfg.out = tempfile.gettempdir()
-        cfg.validate()
+        cfg.validate(run_paths=False)  # train() checks the run folder the recipe gives it
         return cfg
 
     def table(self) -> dict[str, Any]:
@@ -374,7 +371,7 @@ def plan(
 ) -> str:
     """What ``run_recipe`` would do: the stages, their iterations, where ``out`` stands, and
     the time it would take here, measured by :func:`time_step` (nothing is written)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(defaults.resolve_device(None if device is None else str(device)))
     configs = [s.config() for s in recipe.stages]
     running = out is not None and (Path(out) / "recipe.toml").is_file()
     measured: dict[tuple[Any, ...], StepTime] = {}

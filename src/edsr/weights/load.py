@@ -187,9 +187,9 @@ def _load_file(path: Path, res_scale: float | None, scale: int | None = None) ->
         raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 
-def _finish(model: SRModel, scale: int | None, source: str, device: torch.device | None) -> SRModel:
+def _finish(model: SRModel, scale: int | None, source: str, device: torch.device) -> SRModel:
     _check_scale(model.scales, scale, source)
-    return model if device is None else model.to(device)
+    return model.to(device)
 
 
 def _check_scale(scales: tuple[int, ...], scale: int | None, source: str) -> None:

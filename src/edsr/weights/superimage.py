@@ -27,7 +27,7 @@ from torch import nn
 from edsr.errors import CheckpointError, one_line
 from edsr.models import SRModel, model_from_config
 from edsr.weights.convert import StateDict
-from edsr.weights.detect import detect_config, paper_res_scale
+from edsr.weights.detect import detect_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = re.compile(r"^pytorch_model(?:_(\d+)x)?\.pt$")
@@ -182,17 +182,10 @@ def from_superimage(
         out[k] = v * 255 if k.endswith(".bias") else v
     for shift in ("sub_mean", "add_mean"):
         out[f"{shift}.weight"], out[f"{shift}.bias"] = eye.clone(), torch.zeros(n_colors)
-    config = detect_config(out)
-    config.update(rgb_range=255.0, rgb_mean=[0.0] * n_colors)
-    if mdsr:
-        config.update(res_scale=MDSR_RES_SCALE, pre_kernel=_pre_kernel(out))
-    else:
-        res_scale = cfg.get("res_scale") if cfg else None
-        config["res_scale"] = (
-            float(res_scale)
-            if res_scale is not None
-            else paper_res_scale(config["n_resblocks"], config["n_feats"])
-        )
+    # The identity mean shifts read as a zero mean, the 3x3 pre-process as super-image's MDSR.
+    config = detect_config(out, res_scale=cfg.get("res_scale") if cfg and not mdsr else None)
+    if mdsr:  # its blocks scale by 0.1 whatever the pre-process kernel
+        config["res_scale"] = MDSR_RES_SCALE
     named = WEIGHTS_NAME.match(name)
     has = config["scales"] if mdsr else [config["scale"]]
     if named and named.group(1) and int(named.group(1)) not in has:
@@ -201,11 +194,6 @@ def from_superimage(
             "renamed or mixed up; give the file its right name"
         )
     return out, config
-
-
-def _pre_kernel(sd: Mapping[str, torch.Tensor]) -> int:
-    key = "pre_process.0.0.body.0.weight"
-    return int(sd[key].shape[-1]) if key in sd else 5
 
 
 def as_superimage(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, dict[str, Any]]:
