@@ -144,6 +144,7 @@ _PATH_VALUES = {
     "existing_folder": [FILE, UNDER_FILE, MISSING],
     "memory": ["nan", "inf", "0", "-1", "1e30", "2000000TiB"],
     "device": ["nan", "-1", "cuda:-1", ""],
+    "degradation": ["nan", "jpeg:0", "jpeg:1e30", "jpeg:75:inf", ""],
 }
 
 

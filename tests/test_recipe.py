@@ -127,7 +127,9 @@ def test_a_stage_is_one_more_table(tmp_path):
         ({"iters": 5, "learning_rate": 1}, "unknown config key"),
         ({}, "iters = N"),
         ({"iters": 5, "out": "x"}, "out is set by the recipe"),
-        ({"iters": 5, "init": "previous"}, "init must be"),
+        ({"iters": 5, "init": "previous"}, "needs a stage before it"),
+        ({"iters": 5, "init": "no-such-model"}, "init must be .* a model name"),
+        ({"iters": 5, "degrade": "jpeg:500"}, "from 1 to 100"),
         ({"iters": 5, "save_as": "int8"}, "save_as must be"),
     ],
 )

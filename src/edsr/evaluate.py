@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from edsr import defaults
 from edsr.datasets import find_data
+from edsr.degrade import CLEAN, Degradation, parse_degradation
 from edsr.errors import EdsrError, ImageError
 from edsr.inference import describe, ensemble_forward, sr_forward
 from edsr.inference.distributed import SINGLE, Ranks
@@ -83,8 +84,11 @@ def _chw(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
 
 
-def load_pair(evalset: DataSet, hr_path: Path, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LR, HR) as uint8 (C, H, W) tensors, HR cropped to a multiple of ``scale``."""
+def load_pair(
+    evalset: DataSet, hr_path: Path, scale: int, degrade: Degradation = CLEAN
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR) as uint8 (C, H, W) tensors, HR cropped to a multiple of ``scale``; the LR
+    degraded by ``degrade``'s draw for this image and scale."""
     hr = to_8bit(read_image(hr_path).pixels)
     h, w = mod_crop(hr, scale).shape[:2]
     if h == 0 or w == 0:
@@ -92,9 +96,10 @@ def load_pair(evalset: DataSet, hr_path: Path, scale: int) -> tuple[torch.Tensor
             f"{hr_path} ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale x{scale}"
         )
     hr_t = _chw(mod_crop(hr, scale))
+    draw = degrade.for_image(hr_path.name, scale)
     lr_path = evalset.lr_path(hr_path, scale)
     if lr_path is None:
-        return _chw(bicubic_lr(hr, scale)), hr_t
+        return _chw(draw.apply(bicubic_lr(hr, scale))), hr_t
     lr = to_8bit(read_image(lr_path).pixels)
     if lr.shape[:2] != (h // scale, w // scale):
         raise EdsrError(
@@ -104,7 +109,7 @@ def load_pair(evalset: DataSet, hr_path: Path, scale: int) -> tuple[torch.Tensor
     if lr.shape[2] != hr.shape[2]:
         # Some copies store a gray image as RGB: measure in the HR image's channels.
         lr = lr[:, :, :1] if hr.shape[2] == 1 else np.repeat(lr, 3, axis=2)
-    return _chw(lr), hr_t
+    return _chw(draw.apply(np.ascontiguousarray(lr))), hr_t
 
 
 @torch.no_grad()
@@ -141,6 +146,7 @@ def evaluate(
     progress: bool = True,
     ranks: Ranks = SINGLE,
     precision: str | None = None,
+    degrade: str | Degradation | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (or ``"bicubic"``) on each data set at each scale.
 
@@ -163,7 +169,12 @@ def evaluate(
     the published protocol's fp32) prepares a plain model with
     :func:`~edsr.inference.precision.prepare_model`, so every path is scored by one protocol;
     an already prepared model is used as it is.
+
+    ``degrade`` (:mod:`edsr.degrade`; None: clean) is applied to each LR image before the model
+    sees it, ``jpeg:75`` for the JPEGs people have; a range or mixture is drawn per image from
+    its name and the scale, so a score is the same on every run. The report names it.
     """
+    deg = parse_degradation(degrade)
     if isinstance(model, str) and model != BICUBIC:
         raise EdsrError(f"unknown model {model!r}")
     if not scales:
@@ -210,6 +221,7 @@ def evaluate(
                 save_images=save_images,
                 overwrite=overwrite,
                 progress=progress and ranks.main,
+                degrade=deg,
             )
             per_image = []
             for i, outcome in sorted(o for share in ranks.gather(score) for o in share):
@@ -234,6 +246,7 @@ def evaluate(
                     "dataset": evalset.name,
                     "scale": scale,
                     "self_ensemble": ensemble,
+                    "degradation": str(deg),
                     "psnr": float(np.mean([r["psnr"] for r in per_image])),
                     "ssim": float(np.mean([r["ssim"] for r in per_image])),
                     "images": len(per_image),
@@ -248,6 +261,8 @@ def evaluate(
         "protocol": {
             "lr": "MATLAB bicubic (antialiased Keys a=-0.5) of HR cropped to a multiple of the "
             "scale, or the data set's LR_bicubic images",
+            "degradation": str(deg)
+            + ("" if deg.clean else " (edsr.degrade: the LR saved by Pillow as JPEG, decoded)"),
             "quantize": "outputs rounded to integers 0..255",
             "y_channel": "BT.601 studio-range luma (MATLAB rgb2ycbcr), gray images on their own "
             "values"
@@ -274,6 +289,7 @@ def _score_share(
     save_images: str | os.PathLike[str] | None,
     overwrite: bool,
     progress: bool,
+    degrade: Degradation,
 ) -> list[tuple[int, dict[str, Any] | str]]:
     """Score ``share``, ``(index, HR file)`` pairs of ``evalset``: ``(index, {"image", "psnr",
     "ssim"})`` for each image, or ``(index, error)`` for one that cannot be read."""
@@ -283,7 +299,7 @@ def _score_share(
     )
     for i, hr_path in bar:
         try:
-            lr, hr = load_pair(evalset, hr_path, scale)
+            lr, hr = load_pair(evalset, hr_path, scale, degrade)
         except ImageError as e:
             out.append((i, str(e)))
             tqdm.write(f"skipped unreadable image: {e}", file=sys.stderr)
@@ -316,6 +332,8 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         p = r["protocol"]
         proto = f"{'Y' if p['y_channel'] else 'RGB'}, shave {p['shave']}"
+        if r.get("degradation", "clean") != "clean":
+            proto += f", LR {r['degradation']}"
         ps = "inf" if r["psnr"] == float("inf") else f"{r['psnr']:.4f}"
         scale = f"x{r['scale']}" + ("+" if r.get("self_ensemble") else "")
         rows.append(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from edsr import validators
+from edsr.degrade import parse_degradation
 from edsr.errors import EdsrError
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ output_path = Checked("output_path", _keep_text(validators.output_path))
 input_folder = Checked("input_folder", _keep_text(validators.input_folder))
 #: A folder that exists and can be written into.
 existing_folder = Checked("existing_folder", _keep_text(validators.existing_folder))
+#: A degradation spec (:mod:`edsr.degrade`), passed on in its canonical form.
+degradation = Checked("degradation", lambda t: str(parse_degradation(t)))
 
 
 MODEL_HELP = (

@@ -9,6 +9,7 @@ from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
     RES_SCALE_HELP,
+    degradation,
     device,
     on_ranks,
     output_file,
@@ -85,6 +86,14 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help=f"compute precision to score (default {defaults.SCORING_PRECISION}, the published "
         "protocol; int8 and auto as upscale runs them)",
     )
+    p.add_argument(
+        "--degrade",
+        type=degradation,
+        metavar="SPEC",
+        help="score on LR degraded this way, e.g. jpeg:75 (the LR saved by Pillow as JPEG at "
+        "quality 75, 4:2:0 chroma), jpeg444:90, or a range jpeg:40-95 drawn per image from its "
+        "name (default clean: the paper's lossless LR)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_eval)
 
@@ -128,6 +137,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             ranks=ranks,
             precision=args.precision,
+            degrade=args.degrade,
         )
 
     report = on_ranks(work)

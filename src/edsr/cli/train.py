@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edsr.cli.common import (
+    degradation,
     output_folder,
     positive_float,
     positive_int,
@@ -114,6 +115,20 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         type=output_folder,
         help="where decoded images are cached (default: $EDSR_HOME/data)",
     )
+    p.add_argument(
+        "--degrade",
+        type=degradation,
+        metavar="SPEC",
+        help="what happens to the LR patches: clean (the paper), jpeg:Q, jpeg:QMIN-QMAX (saved as "
+        "JPEG by Pillow at a quality drawn per patch) or a mixture such as "
+        f"clean:0.2,jpeg:30-95:0.8 (default {d.degrade})",
+    )
+    p.add_argument(
+        "--val-degrade",
+        type=degradation,
+        metavar="SPEC",
+        help=f"the same for the validation set's LR images, e.g. jpeg:75 (default {d.val_degrade})",
+    )
     p.add_argument("--config", help="TOML file with config keys (see a run's config.toml)")
     p.add_argument(
         "--recipe",
@@ -167,6 +182,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "on_bad_image": args.on_bad_image,
         "cache_dir": args.cache_dir,
+        "degrade": args.degrade,
+        "val_degrade": args.val_degrade,
     }
     if args.recipe or args.dry_run or (args.resume and Path(args.resume, "recipe.toml").is_file()):
         return _run_recipe(args, flags)

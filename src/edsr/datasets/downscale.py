@@ -8,6 +8,12 @@ built-in LR making scores. ``OUT/.edsr-downscale.json`` records, per image, the 
 the HR file and the size of each LR image written: a rerun skips an image whose record, HR
 hash and output sizes all still hold, and redoes anything else.
 
+``jpeg=Q`` (``edsr downscale --jpeg Q``) writes each LR image as ``{stem}x{s}.jpg`` instead,
+saved by Pillow at quality ``Q`` with its default 4:2:0 chroma: the bytes :mod:`edsr.degrade`
+makes for ``jpeg:Q``, so ``edsr eval`` on that folder scores what ``edsr eval --degrade
+jpeg:Q`` scores on the HR images, and other tools can score the same files. A JPEG has no
+alpha, so none is kept; the LR file of the other kind is removed, so one folder never holds both.
+
 ``OUT`` may be the input folder or lie inside it: the ``HR/`` and ``LR_bicubic/`` written there
 (all of ``OUT``, when inside) are never read back as input images. An image with alpha keeps
 it in its LR images (bicubic of the alpha, beside the colour LR that evaluation reads).
@@ -25,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edsr.degrade import jpeg_image
 from edsr.errors import EdsrError, ImageError
 from edsr.io.atomic import atomic_open, atomic_write
 from edsr.io.cache import sha256_file
@@ -32,6 +39,7 @@ from edsr.io.datasets import DataSet, find_dataset, own_outputs, within
 from edsr.io.image import read_image, to_8bit, write_png
 from edsr.models import check_scales
 from edsr.resize import bicubic_lr, mod_crop
+from edsr.validators import int_in_range
 
 __all__ = ["MANIFEST", "DownscaleReport", "WriteFailed", "downscale_folder"]
 
@@ -49,11 +57,11 @@ class DownscaleReport:
     failed: list[str] = field(default_factory=list)
 
 
-def _lr_path(out: Path, stem: str, scale: int) -> Path:
-    return out / "LR_bicubic" / f"X{scale}" / f"{stem}x{scale}.png"
+def _lr_path(out: Path, stem: str, scale: int, jpeg: int | None = None) -> Path:
+    return out / "LR_bicubic" / f"X{scale}" / f"{stem}x{scale}.{'png' if jpeg is None else 'jpg'}"
 
 
-def _png_size(path: Path) -> tuple[int, int] | None:
+def _image_size(path: Path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
@@ -68,7 +76,9 @@ class WriteFailed(EdsrError):
     the next image would fail the same way; unlike an unreadable input, which is skipped."""
 
 
-def _make_one(hr: str, out: str, scales: tuple[int, ...], digest: str) -> dict:
+def _make_one(
+    hr: str, out: str, scales: tuple[int, ...], digest: str, jpeg: int | None = None
+) -> dict:
     """Write one image's HR copy and LR images; return its manifest record.
 
     An image refused (unreadable, smaller than a scale) is refused before anything of it is
@@ -92,12 +102,18 @@ def _make_one(hr: str, out: str, scales: tuple[int, ...], digest: str) -> dict:
                 write_png(dst, img.pixels, img.alpha, overwrite=True, icc_profile=img.icc_profile)
         for s in scales:
             lr = bicubic_lr(pixels, s)
-            lr_alpha = None if alpha is None else bicubic_lr(alpha, s)[:, :, 0]
-            write_png(_lr_path(root, src.stem, s), lr, lr_alpha, overwrite=True)
+            if jpeg is None:
+                lr_alpha = None if alpha is None else bicubic_lr(alpha, s)[:, :, 0]
+                write_png(_lr_path(root, src.stem, s), lr, lr_alpha, overwrite=True)
+            else:
+                with atomic_open(_lr_path(root, src.stem, s, jpeg), overwrite=True) as f:
+                    jpeg_image(lr).save(f, format="JPEG", quality=jpeg)
+            other = _lr_path(root, src.stem, s, None) if jpeg else _lr_path(root, src.stem, s, 1)
+            other.unlink(missing_ok=True)
             sizes[str(s)] = [lr.shape[1], lr.shape[0]]
-    except EdsrError as e:
+    except (EdsrError, OSError) as e:
         raise WriteFailed(str(e)) from None
-    return {"sha256": digest, "lr_sizes": sizes}
+    return {"sha256": digest, "lr_sizes": sizes, "jpeg": jpeg}
 
 
 def _hr_images(hr_dir: Path, out: Path) -> DataSet:
@@ -118,15 +134,19 @@ def _hr_images(hr_dir: Path, out: Path) -> DataSet:
         return find_dataset(hr_dir, what="HR")
 
 
-def _is_done(record: object, digest: str, out: Path, stem: str, scales: Sequence[int]) -> bool:
+def _is_done(
+    record: object, digest: str, out: Path, stem: str, scales: Sequence[int], jpeg: int | None
+) -> bool:
     if not isinstance(record, dict) or record.get("sha256") != digest:
+        return False
+    if record.get("jpeg") != jpeg:
         return False
     sizes = record.get("lr_sizes", {})
     if not (out / "HR" / f"{stem}.png").is_file():
         return False
     for s in scales:
         want = sizes.get(str(s))
-        if want is None or list(_png_size(_lr_path(out, stem, s)) or ()) != want:
+        if want is None or list(_image_size(_lr_path(out, stem, s, jpeg)) or ()) != want:
             return False
     return True
 
@@ -154,6 +174,7 @@ def downscale_folder(
     *,
     jobs: int | None = None,
     progress: bool = True,
+    jpeg: int | None = None,
 ) -> DownscaleReport:
     """Make the benchmark layout in ``out`` from the HR images of ``hr_dir``.
 
@@ -166,6 +187,8 @@ def downscale_folder(
     from tqdm import tqdm
 
     scales = check_scales(scales)
+    if jpeg is not None:
+        int_in_range(jpeg, "JPEG quality", minimum=1, maximum=100)
     root = Path(out)
     files = _hr_images(Path(hr_dir), root).hr_files
     stems: dict[str, Path] = {}
@@ -182,7 +205,7 @@ def downscale_folder(
     todo: list[tuple[Path, str]] = []
     for f in files:
         digest = sha256_file(f)
-        if _is_done(records.get(f.stem), digest, root, f.stem, scales):
+        if _is_done(records.get(f.stem), digest, root, f.stem, scales, jpeg):
             report.skipped += 1
         else:
             todo.append((f, digest))
@@ -208,7 +231,7 @@ def downscale_folder(
         if jobs == 1:
             for f, digest in todo:
                 try:
-                    done(f, _make_one(str(f), str(root), scales, digest))
+                    done(f, _make_one(str(f), str(root), scales, digest, jpeg))
                 except EdsrError as e:
                     done(f, e)
         else:
@@ -216,7 +239,9 @@ def downscale_folder(
             with concurrent.futures.ProcessPoolExecutor(
                 jobs, mp_context=ctx, initializer=_init_worker
             ) as pool:
-                futures = {pool.submit(_make_one, str(f), str(root), scales, d): f for f, d in todo}
+                futures = {
+                    pool.submit(_make_one, str(f), str(root), scales, d, jpeg): f for f, d in todo
+                }
                 try:
                     for fut in concurrent.futures.as_completed(futures):
                         exc = fut.exception()

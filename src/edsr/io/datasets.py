@@ -67,7 +67,7 @@ class DataSet:
         if self.lr_root is None:
             return None
         folder = self.lr_root / f"X{scale}"
-        for ext in (hr.suffix, ".png"):
+        for ext in (hr.suffix, ".png", ".jpg"):  # .jpg: `edsr downscale --jpeg`
             cand = folder / f"{hr.stem}x{scale}{ext}"
             if cand.is_file():
                 return cand

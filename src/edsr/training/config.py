@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edsr.degrade import parse_degradation
 from edsr.errors import EdsrError
 from edsr.inference.precision import TRAINING_PRECISIONS
 from edsr.io.atomic import atomic_write
@@ -67,6 +68,8 @@ class TrainConfig:
     spike_factor: float = 10.0  # skip a batch whose loss exceeds this times the running mean
     on_bad_image: str = "skip"  # skip | fail
     cache_dir: str | None = None
+    degrade: str = "clean"  # what happens to the LR patches (edsr.degrade): jpeg:40-95, ...
+    val_degrade: str = "clean"  # ... and to the validation set's LR images
 
     def validate(self, *, run_paths: bool = True) -> None:
         """Refuse a bad value on one line. ``run_paths=False`` leaves out the run folder and
@@ -118,6 +121,8 @@ class TrainConfig:
             input_file(self.init_from, "--init-from")
         if self.cache_dir is not None:
             output_folder(self.cache_dir, "the cache folder")
+        self.degrade = str(parse_degradation(self.degrade))
+        self.val_degrade = str(parse_degradation(self.val_degrade))
 
 
 def recipe(preset: str, scales: list[int] | None = None) -> TrainConfig:

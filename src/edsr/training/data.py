@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edsr.degrade import CLEAN, Degradation
 from edsr.errors import EdsrError, ImageError
 from edsr.io.atomic import atomic_write
 from edsr.io.cache import edsr_home, sha256_file
@@ -134,11 +135,13 @@ class PatchDataset:
         on_bad_image: str = "skip",
         ram_budget_bytes: int = 4 << 30,
         progress: bool = True,
+        degrade: Degradation = CLEAN,
     ) -> None:
         if patch_size < 1:
             raise EdsrError(f"patch size must be positive, got {patch_size}")
         self.scales = tuple(int(s) for s in scales)
         self.patch_size = int(patch_size)
+        self.degrade = degrade
         sources = find_sources(dirs, self.scales)
         cache = ImageCache(Path(cache_dir) if cache_dir else default_cache_dir())
         # Estimate the decoded size from the headers' pixel counts (cheap) to choose RAM or mmap.
@@ -217,6 +220,14 @@ class PatchDataset:
         picks = pool[rng.integers(len(pool), size=batch_size)]
         u = rng.random((batch_size, 2))
         dihedral = rng.integers(8, size=batch_size)
+        # The degradation draws come from a generator of their own, so a clean run's batches
+        # are the ones they were before degradations existed; drawn for the whole global batch,
+        # so every rank's shard holds the draws one process would give those patches.
+        draws = (
+            None
+            if self.degrade.clean
+            else self.degrade.draw(np.random.default_rng([seed, step, 1]), batch_size)
+        )
         per_rank = batch_size // world_size
         p, hp = self.patch_size, self.patch_size * scale
         lr_out = np.empty((per_rank, p, p, 3), np.uint8)
@@ -226,6 +237,8 @@ class PatchDataset:
             y = int(u[i, 0] * (lr_img.shape[0] - p + 1))
             x = int(u[i, 1] * (lr_img.shape[1] - p + 1))
             lr_out[j] = dihedral_np(lr_img[y : y + p, x : x + p], int(dihedral[i]))
+            if draws is not None:  # after the turn: a photo's blocks lie on its own grid
+                lr_out[j] = draws[i].apply(lr_out[j])
             hr_out[j] = dihedral_np(
                 hr_img[y * scale : y * scale + hp, x * scale : x * scale + hp], int(dihedral[i])
             )

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from edsr.degrade import parse_degradation
 from edsr.errors import EdsrError, Terminated
 from edsr.evaluate import evaluate
 from edsr.inference.distributed import join
@@ -108,6 +109,7 @@ def train(
         cache_dir=cfg.cache_dir,
         on_bad_image=cfg.on_bad_image,
         progress=progress and rank == 0,
+        degrade=parse_degradation(cfg.degrade),
     )
     model = build_model(cfg.preset, scale=scales[0], scales=scales)
     optimizer = torch.optim.Adam(
@@ -160,9 +162,9 @@ def train(
         f"device {device}"
     )
     if rank == 0 and cfg.val:
-        run.bicubic_reference(cfg.val, scales)
+        run.bicubic_reference(cfg.val, scales, cfg.val_degrade)
         if state is None and step == 0:  # the starting point: the curve shows what training gained
-            best = _validate(run, model, cfg.val, scales, 0, best, say)
+            best = _validate(run, model, cfg, 0, best, say)
     loader = batch_loader(
         data,
         step,
@@ -235,7 +237,7 @@ def train(
                     run.log_loss([step, f"{mean_loss:.5f}", f"{lr_now:.3e}", f"{sec:.4f}", skipped])
                 window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
             if (step % cfg.val_every == 0 or last) and rank == 0 and cfg.val:
-                best = _validate(run, model, cfg.val, scales, step, best, say)
+                best = _validate(run, model, cfg, step, best, say)
             if (step % cfg.checkpoint_every == 0 or last or stopping) and rank == 0:
                 _checkpoint(run, model, optimizer, cfg, step, best, loss_ema)
             if stopping:
@@ -299,15 +301,16 @@ def _checkpoint(
 def _validate(
     run: RunFolder,
     model: SRModel,
-    val: str,
-    scales: tuple[int, ...],
+    cfg: TrainConfig,
     step: int,
     best: float,
     say: Callable[[str], None],
 ) -> float:
     """Score the validation set, log it, keep the best model; returns the new best mean PSNR."""
     model.eval()
-    results = evaluate(model, [val], scales, progress=False)["results"]
+    assert cfg.val is not None
+    results = evaluate(model, [cfg.val], cfg.scales, progress=False, degrade=cfg.val_degrade)
+    results = results["results"]
     model.train()
     run.log_validation(step, results)
     say(

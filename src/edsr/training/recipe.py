@@ -40,8 +40,9 @@ from edsr.training.config import TrainConfig, apply_overrides, read_toml, toml_v
 from edsr.training.config import recipe as preset_recipe
 from edsr.training.loop import train
 from edsr.training.run import RunFolder
-from edsr.weights import load_model, save_model
+from edsr.weights import download_weights, load_model, save_model
 from edsr.weights.catalogue import ASSETS
+from edsr.weights.registry import find_entry
 
 #: Where the package's recipes live: ``<name>.toml``.
 RECIPES = ASSETS / "recipes"
@@ -60,7 +61,8 @@ class Stage:
 
     name: str
     values: dict[str, Any]
-    init: str | None = None  # "previous": the model the stage before wrote; None: random
+    # "previous": the model the stage before wrote; a registry name: that model; None: random
+    init: str | None = None
     save_as: str = "fp32"
 
     def config(self) -> TrainConfig:
@@ -140,8 +142,15 @@ def parse_recipe(data: dict[str, Any], *, source: str) -> Recipe:
             if key in values:
                 raise EdsrError(f"{where}: {key} is set by the recipe; remove it")
         init = values.pop("init", None)
-        if init not in (None, "previous") or (init and not stages):
-            raise EdsrError(f'{where}: init must be "previous" (after a first stage) or absent')
+        if init == "previous" and not stages:
+            raise EdsrError(f'{where}: init = "previous" needs a stage before it')
+        if init not in (None, "previous") and (
+            not isinstance(init, str) or find_entry(init) is None
+        ):
+            raise EdsrError(
+                f'{where}: init must be "previous", a model name from `edsr weights list`, '
+                f"or absent; got {init!r}"
+            )
         save_as = values.pop("save_as", "fp32")
         if save_as not in SAVE_AS:
             raise EdsrError(f"{where}: save_as must be one of {', '.join(SAVE_AS)}")
@@ -269,6 +278,8 @@ def run_recipe(
         output = stage_output(run, stage)
         cfg.out = str(run.path)
         cfg.init_from = str(previous) if stage.init == "previous" else None
+        if stage.init not in (None, "previous"):
+            cfg.init_from = str(download_weights(stage.init, progress=progress))
         if workers is not None:
             cfg.workers = workers
         cfg.cache_dir = cache_dir or cfg.cache_dir
@@ -400,7 +411,7 @@ def plan(
                 _schedule(cfg),
                 cfg.precision,
                 str(cfg.seed),
-                f"stage {i - 1}" if stage.init else "random",
+                {None: "random", "previous": f"stage {i - 1}"}.get(stage.init, str(stage.init)),
                 f"{done:,}",
                 f"{measured[shape].seconds:.2f}",
                 _hours(left),

@@ -142,13 +142,14 @@ class RunFolder:
             with atomic_write(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
                 csv.writer(f).writerows(keep)
 
-    def bicubic_reference(self, val: str, scales: Sequence[int]) -> None:
-        """Score bicubic on the validation set once: the PSNR chart's line to beat."""
+    def bicubic_reference(self, val: str, scales: Sequence[int], degrade: str = "clean") -> None:
+        """Score bicubic on the validation set once: the PSNR chart's line to beat (on LR
+        degraded as the validation's, ``degrade``)."""
         path = self.path / "bicubic.csv"
         have = {int(r["scale"]) for r in _read_csv(path)}
         todo = [s for s in scales if s not in have]
         if todo:
-            for r in evaluate(BICUBIC, [val], todo, progress=False)["results"]:
+            for r in evaluate(BICUBIC, [val], todo, progress=False, degrade=degrade)["results"]:
                 row = [r["scale"], f"{r['psnr']:.4f}", f"{r['ssim']:.5f}"]
                 _append_csv(path, ["scale", "psnr", "ssim"], row)
 
