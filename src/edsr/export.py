@@ -318,7 +318,7 @@ def verify_export(
         scale = _export_scale(model, scale)
         if format == "onnx" and not onnxruntime_available():
             return None
-        graph = load_exported(path, format)
+        graph = load_exported(path, format, run_torchscript_code=True)  # the file just traced
         with torch.no_grad():
             runs = [(scale, graph(x, scale))]
     worst = 0.0

@@ -9,6 +9,12 @@ file: export stores an :class:`ExportInfo` as JSON, in the ONNX ``metadata_props
 This room sits on the ground floor so that both the weights resolver (which recognises the
 files and returns an :class:`ExportedModel`) and inference (whose ``describe`` and
 ``probe_model`` read its :class:`ExportInfo`) can use it without importing each other.
+
+A TorchScript archive is code, not data: ``torch.jit.load`` compiles and runs what the archive
+holds (its ``__setstate__`` at load, its ``forward`` at every call), and anyone can write one
+under a checkpoint's name. So its metadata is read from the zip without loading it, and it is
+loaded only when the caller opts in by name (``run_torchscript_code=True``, the command line's
+``--run-torchscript-code``). An ONNX graph is data: onnxruntime runs only its standard operators.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,11 @@ TORCHSCRIPT_EXTRA = "edsr.json"
 #: The exported kinds this room runs (:func:`edsr.weights.io.file_kind` names).
 KINDS: tuple[str, ...] = ("onnx", "torchscript")
 ORT_INSTALL = "running an ONNX file needs onnxruntime: pip install 'edsr[export]'"
+#: The opt-in that lets a TorchScript archive run, on the command line and in Python.
+RUN_CODE_FLAG = "--run-torchscript-code"
+RUN_CODE_KEYWORD = "run_torchscript_code=True"
+#: More than this in an archive's metadata is not edsr's metadata.
+_MAX_INFO_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -142,30 +154,23 @@ class ExportedModel(nn.Module):
 
 
 def load_exported(
-    path: str | os.PathLike[str], kind: str, device: torch.device | None = None
+    path: str | os.PathLike[str],
+    kind: str,
+    device: torch.device | None = None,
+    *,
+    run_torchscript_code: bool = False,
 ) -> ExportedModel:
     """Load an exported ONNX (``kind="onnx"``) or TorchScript file written by ``edsr export``.
 
     ONNX runs on the CPU through onnxruntime whatever ``device`` says; TorchScript moves to
-    ``device``.
+    ``device``, and is loaded only with ``run_torchscript_code=True``: loading it runs the code
+    it holds. Without it the file is refused on one line before anything of it runs.
     """
     path = Path(path)
     if kind == "onnx":
         info_text = _onnx_info(path)
-        graph: Any = ort_session(path) if info_text is not None else None
     elif kind == "torchscript":
-        extra = {TORCHSCRIPT_EXTRA: ""}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                graph = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except Exception as e:  # noqa: BLE001 - torch.jit raises many types for damaged files
-            raise CheckpointError(
-                f"cannot load {path} as TorchScript ({one_line(e, limit=120)})"
-            ) from None
-        info_text = extra[TORCHSCRIPT_EXTRA] or None
-        if isinstance(info_text, bytes):
-            info_text = info_text.decode("utf-8", "replace")
+        info_text = torchscript_info(path)
     else:
         raise ValueError(f"unknown exported kind {kind!r}; expected one of {KINDS}")
     if info_text is None:
@@ -174,10 +179,58 @@ def load_exported(
             f"{path} is {what} without edsr's metadata (not written by this version of "
             "'edsr export'); export it again from its checkpoint"
         )
-    model = ExportedModel(path, kind, ExportInfo.from_json(info_text, str(path)), graph).eval()
+    info = ExportInfo.from_json(info_text, str(path))
+    if kind == "onnx":
+        graph: Any = ort_session(path)
+    else:
+        if not run_torchscript_code:
+            raise CheckpointError(
+                f"{path} is a TorchScript archive: loading it runs the code inside it, so it "
+                f"is loaded only if you trust its source and say so ({RUN_CODE_FLAG}; Python: "
+                f"{RUN_CODE_KEYWORD}); its checkpoint or an ONNX export runs without that"
+            )
+        graph = _jit_load(path)
+    model = ExportedModel(path, kind, info, graph).eval()
     if kind == "torchscript" and device is not None:
         model = model.to(device)
     return model
+
+
+def _jit_load(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - torch.jit raises many types for damaged files
+        raise CheckpointError(
+            f"cannot load {path} as TorchScript ({one_line(e, limit=120)})"
+        ) from None
+
+
+def torchscript_info(path: str | os.PathLike[str]) -> str | None:
+    """The :class:`ExportInfo` JSON a TorchScript archive carries (``<archive>/extra/
+    edsr.json``), read from the zip as data: nothing in the archive is compiled or run. None
+    when it has none."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            found = [
+                i
+                for i in z.infolist()
+                if i.filename.count("/") == 2 and i.filename.endswith(f"/extra/{TORCHSCRIPT_EXTRA}")
+            ]
+            if len(found) != 1:
+                return None
+            if found[0].file_size > _MAX_INFO_BYTES:
+                raise CheckpointError(
+                    f"{path} claims {found[0].file_size:,} bytes of edsr metadata; "
+                    "export it again with 'edsr export'"
+                )
+            with z.open(found[0]) as f:
+                return f.read(_MAX_INFO_BYTES + 1).decode("utf-8", "replace")
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as e:
+        raise CheckpointError(
+            f"cannot read {path} as TorchScript ({one_line(e, limit=120)})"
+        ) from None
 
 
 def _onnx_info(path: Path) -> str | None:
@@ -198,9 +251,12 @@ __all__ = [
     "KINDS",
     "META_KEY",
     "ORT_INSTALL",
+    "RUN_CODE_FLAG",
+    "RUN_CODE_KEYWORD",
     "TORCHSCRIPT_EXTRA",
     "ExportInfo",
     "ExportedModel",
     "load_exported",
     "ort_session",
+    "torchscript_info",
 ]

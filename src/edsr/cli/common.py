@@ -110,6 +110,18 @@ RES_SCALE_HELP = "override the residual scaling the checkpoint cannot store"
 DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda if available)"
 
 
+def add_run_code(p: argparse.ArgumentParser) -> None:
+    """The opt-in that lets a TorchScript --model run: loading one runs the code it holds."""
+    from edsr.runtimes import RUN_CODE_FLAG
+
+    p.add_argument(
+        RUN_CODE_FLAG,
+        action="store_true",
+        help="allow a TorchScript --model file: loading it runs the code inside it, so give "
+        "this only for a file whose source you trust (checkpoints and ONNX never run code)",
+    )
+
+
 def say_to_stderr(quiet: bool) -> Callable[[str], None]:
     """Where the library's one-line notes go: stderr, unless --quiet."""
 

@@ -9,6 +9,7 @@ from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
     MODEL_HELP,
+    add_run_code,
     device,
     input_folder,
     output_folder,
@@ -44,6 +45,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         help="folder for the comparison PNGs (default edsr-demo)",
     )
     p.add_argument("--device", default=None, type=device, help=DEVICE_HELP)
+    add_run_code(p)
     p.set_defaults(func=_run_demo)
 
 
@@ -52,7 +54,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from edsr.weights import default_model, load_model
 
     spec = args.model or default_model()
-    model = load_model(spec, device=args.device)
+    model = load_model(spec, device=args.device, run_torchscript_code=args.run_torchscript_code)
     name = Path(spec).stem if Path(spec).is_file() else spec
     results = run_demo(
         model, args.output, scale=args.scale, samples=args.samples or SAMPLES, model_name=name

@@ -9,6 +9,7 @@ from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
     RES_SCALE_HELP,
+    add_run_code,
     degradation,
     device,
     on_ranks,
@@ -95,6 +96,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "name (default clean: the paper's lossless LR)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_code(p)
     p.set_defaults(func=_run_eval)
 
 
@@ -120,7 +122,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         if args.model != BICUBIC:
             model = ranks.check(
                 lambda: load_model(
-                    args.model, res_scale=args.res_scale, device=ranks.device(args.device)
+                    args.model,
+                    res_scale=args.res_scale,
+                    device=ranks.device(args.device),
+                    run_torchscript_code=args.run_torchscript_code,
                 ),
                 main_first=True,  # a download into the cache happens once
             )

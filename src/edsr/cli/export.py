@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from edsr.cli.common import (
     RES_SCALE_HELP,
@@ -58,9 +59,16 @@ def _run_export(args: argparse.Namespace) -> int:
     from edsr.errors import EdsrError
     from edsr.export import check_suffix, export_model
     from edsr.models import SRModel
+    from edsr.runtimes import KINDS
     from edsr.weights import load_model
+    from edsr.weights.io import file_kind
 
     check_suffix(args.output, args.format)  # before any model is loaded
+    # a graph is told by its bytes and never loaded: TorchScript would run its code
+    if args.model and Path(args.model).is_file() and file_kind(args.model) in KINDS:
+        raise EdsrError(
+            f"{args.model} is an exported graph already; export from the checkpoint it came from"
+        )
     model = load_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
     if not isinstance(model, SRModel):
         raise EdsrError(

@@ -7,6 +7,7 @@ import argparse
 from edsr import defaults
 from edsr.cli.common import (
     DEVICE_HELP,
+    add_run_code,
     device,
     existing_folder,
     memory_size,
@@ -99,6 +100,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="where the server's temporary folder goes (default: system temp)",
     )
     p.add_argument("--quiet", action="store_true", help="no access log")
+    add_run_code(p)
     p.set_defaults(func=_run_serve)
 
 
@@ -128,5 +130,6 @@ def _run_serve(args: argparse.Namespace) -> int:
         device=args.device,
         access_log=not args.quiet,
         precision=args.precision,
+        run_torchscript_code=args.run_torchscript_code,
     )
     return 0

@@ -10,6 +10,7 @@ from edsr.cli.common import (
     DEVICE_HELP,
     MODEL_HELP,
     RES_SCALE_HELP,
+    add_run_code,
     device,
     memory_size,
     on_ranks,
@@ -90,6 +91,7 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--frames", type=positive_int, help="videos: upscale only the first N frames (a preview)"
     )
+    add_run_code(p)
     p.set_defaults(func=_run_upscale)
 
 
@@ -110,6 +112,7 @@ def _run_upscale(args: argparse.Namespace) -> int:
                 scale=args.scale,
                 res_scale=args.res_scale,
                 device=ranks.device(args.device),
+                run_torchscript_code=args.run_torchscript_code,
             ),
             main_first=True,  # a download into the cache happens once
         )

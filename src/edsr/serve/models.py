@@ -48,10 +48,12 @@ def load_models(
     device: str | None = None,
     progress: bool = True,
     precision: str | None = None,
+    run_torchscript_code: bool = False,
 ) -> list[ServedModel]:
     """Load each ``--model`` value once (files or registry names; comma-separated lists too),
     on ``device`` and prepared for ``precision`` (fp32, bf16, fp16, int8, auto), None meaning
-    :mod:`edsr.defaults`' (the compute path ``edsr upscale`` runs)."""
+    :mod:`edsr.defaults`' (the compute path ``edsr upscale`` runs). A TorchScript file is
+    served only with ``run_torchscript_code`` (see :func:`edsr.weights.load_model`)."""
     from edsr.inference.precision import compute_model
     from edsr.weights import load_model
 
@@ -65,7 +67,9 @@ def load_models(
     for spec in dict.fromkeys(names):  # keeps order, drops repeats
         path = Path(spec)
         entry = find_entry(path.name) if path.is_file() else find_entry(spec)
-        plain = load_model(spec, device=device, progress=progress).eval()
+        plain = load_model(
+            spec, device=device, progress=progress, run_torchscript_code=run_torchscript_code
+        ).eval()
         model: Model = compute_model(plain, precision)
         base = entry.name if entry is not None and not path.is_file() else path.stem
         mid, n = base, 2

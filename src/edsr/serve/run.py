@@ -66,6 +66,7 @@ def serve(
     device: str | None = None,
     access_log: bool = True,
     precision: str | None = None,
+    run_torchscript_code: bool = False,
 ) -> None:
     """Load ``models`` once, then serve the page and API until interrupted."""
     import uvicorn
@@ -76,7 +77,9 @@ def serve(
         os.environ[MAX_PIXELS_ENV] = str(config.max_pixels)
     if is_loopback(host) and config.allowed_hosts is None:
         config = dataclasses.replace(config, allowed_hosts=LOOPBACK_NAMES)
-    served = load_models(models, device=device, precision=precision)
+    served = load_models(
+        models, device=device, precision=precision, run_torchscript_code=run_torchscript_code
+    )
     app = create_app(served, config)
     sock = bind(host, port)
     real_port = sock.getsockname()[1]

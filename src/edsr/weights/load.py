@@ -42,6 +42,7 @@ def load_model(
     res_scale: float | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    run_torchscript_code: bool = False,
 ) -> SRModel | ExportedModel:
     """Load a model, in eval mode: the bundled default, a registry entry, or a checkpoint file.
 
@@ -62,7 +63,9 @@ def load_model(
     An ONNX or TorchScript file written by ``edsr export`` comes back as an
     :class:`~edsr.runtimes.ExportedModel` that runs it (onnxruntime on the CPU, torch.jit on
     ``device``): it upscales, tiles and serves like a checkpoint's model, at its one scale, but
-    cannot be trained or exported again.
+    cannot be trained or exported again. A TorchScript file is code: loading it runs what it
+    holds, so it is refused unless ``run_torchscript_code=True`` says you trust it (its metadata
+    is read without loading it, so a file of another kind is told apart first).
     """
     if res_scale is not None:
         finite_float(res_scale, "res_scale", maximum=MAX_RES_SCALE)
@@ -76,7 +79,9 @@ def load_model(
     if kind in EXPORTED_KINDS:
         if res_scale is not None:
             raise EdsrError(f"{found} is an exported graph: its res_scale is folded in already")
-        exported = load_exported(found, str(kind), target)
+        exported = load_exported(
+            found, str(kind), target, run_torchscript_code=run_torchscript_code
+        )
         _check_scale(exported.scales, scale, str(found))
         return exported
     return _finish(_load_file(found, res_scale, scale), scale, str(found), target)
