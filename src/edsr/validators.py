@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +159,33 @@ def _nearest_existing(path: Path) -> Path:
     return Path(".")
 
 
+def _special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (links
+    followed): a device, a FIFO or a socket is never replaced by a file, ``--overwrite`` or not."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return None
+
+
 def _check_can_create(path: Path, what: str) -> None:
     """``path``'s missing folders could be made: no file in the way, and the nearest existing
-    folder is writable (a first answer: writers still report a read-only mount or a full disk)."""
+    folder is writable (a first answer: writers still report a read-only mount or a full disk).
+    A device, FIFO or socket at ``path`` is refused: writing replaces files, never those."""
+    special = _special_kind(path)
+    if special is not None:
+        raise EdsrError(
+            f"cannot write {what} {path}: it is {special}, not a regular file; give a file name"
+        )
     blocker = _blocking_file(path)
     if blocker is not None:
         raise EdsrError(f"cannot write {what} {path}: {blocker} is not a folder")

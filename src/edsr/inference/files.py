@@ -361,6 +361,13 @@ def _plan_images(
         files += found
         roots += [item if item.is_dir() else None] * len(found)
     dests = output_paths(files, roots, output, scale)
+    inputs = {os.path.realpath(f) for f in files}
+    for src, dst in zip(files, dests, strict=True):  # with or without --overwrite
+        if os.path.realpath(dst) in inputs:
+            raise EdsrError(
+                f"{dst} would be written over an input of this job ({src} reads it); "
+                "give another output name: an input is never replaced"
+            )
     skipped: list[Path] = []
     jobs: list[tuple[Path, Path]] = []
     stale: set[Path] = set()
