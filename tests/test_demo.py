@@ -56,3 +56,25 @@ def test_cli_demo(tmp_path, capsys):
         "mean gain over bicubic: +" in out and len(list(tmp_path.glob("*_x3_comparison.png"))) == 2
     )
     assert main(["demo", "-o", str(tmp_path), "--scale", "3"]) == 0
+
+
+def test_the_jpeg_case_shows_the_route_beating_the_clean_model(tmp_path, bundled):
+    from edsr import defaults
+    from edsr.demo import JPEG_QUALITY, run_jpeg_case
+
+    case = run_jpeg_case(bundled, tmp_path, scale=4, model_name="mdsr-baseline-291")
+    assert case is not None and case.quality == JPEG_QUALITY
+    assert case.route_model == defaults.JPEG_MODEL and f"quality {JPEG_QUALITY}" in case.route_why
+    assert case.psnr_route > case.psnr_model > case.psnr_bicubic, case
+    png = Image.open(case.comparison)
+    hr = Image.open(SAMPLES / "zebra.png")
+    assert png.width == 4 * (hr.width - hr.width % 4) + 5 * 8  # four panels
+    # a folder of the user's own without the sample: no JPEG case, no error
+    assert run_jpeg_case(bundled, tmp_path, scale=4, samples=tmp_path) is None
+
+
+def test_cli_demo_says_the_jpeg_case(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path), "--scale", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "JPEG case: zebra x2, LR saved as JPEG q60" in out
+    assert (tmp_path / "zebra_x2_jpeg60_comparison.png").is_file()

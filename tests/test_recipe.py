@@ -87,6 +87,25 @@ def test_the_package_recipe_is_what_the_runs_recorded():
         assert configs[i - 1].train == ["T91", "BSD200"] and configs[i - 1].val == "Set5"
 
 
+def test_the_jpeg_recipe_is_what_its_run_recorded():
+    from edsr import defaults
+    from edsr.weights import get_entry
+
+    recipe = load_recipe("mdsr-baseline-291-jpeg")
+    (stage,) = recipe.stages
+    assert stage.init == "mdsr-baseline-291"  # the shipped clean model, by its registry name
+    ran = read_toml(REPO / "docs" / "training" / "mdsr-baseline-291-jpeg-config.toml")
+    mine = dataclasses.asdict(stage.config())
+    where = {"out", "train", "val", "init_from", "cache_dir", "checkpoint_every", "workers"}
+    for key, value in ran.items():
+        if key not in where:
+            assert mine[key] == value, key
+    assert ran["degrade"] == "clean:0.1,jpeg:30-97:0.7,jpeg444:30-97:0.2"
+    t = get_entry(defaults.JPEG_MODEL).training
+    assert t is not None and t.iterations == recipe.iterations == 5000
+    assert t.command == "edsr train --recipe mdsr-baseline-291-jpeg"
+
+
 def test_the_registry_entry_points_at_the_recipe():
     from edsr.weights import get_entry
 

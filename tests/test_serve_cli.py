@@ -96,9 +96,11 @@ def test_load_test_script(tmp_path, tiny):
     assert res["peak_rss_mb"] < 2048
 
 
-def test_without_model_serve_loads_the_bundled_default():
+def test_without_model_serve_loads_the_bundled_default_and_the_jpeg_model():
+    from edsr import defaults
     from edsr.serve import load_models
 
-    served = load_models([], device="cpu", progress=False)
-    assert [m.id for m in served] == [registry.DEFAULT] and served[0].scales == (2, 3, 4)
+    served = load_models([], device="cpu", progress=False)  # the default route's two models
+    assert [m.id for m in served] == [registry.DEFAULT, defaults.JPEG_MODEL]
+    assert served[0].scales == served[1].scales == (2, 3, 4)
     assert served[0].entry is registry.REGISTRY[registry.DEFAULT]

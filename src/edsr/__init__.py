@@ -6,8 +6,8 @@
 """
 
 from edsr.errors import CheckpointError, EdsrError, ImageError
-from edsr.inference import upscale
 from edsr.models import EDSR, MDSR, PRESETS, build_model, count_parameters
+from edsr.route import upscale
 from edsr.version import __version__
 from edsr.weights import detect_config, load_model, save_model
 

@@ -32,6 +32,41 @@ SCORING_PRECISION = "fp32"
 #: Where a model runs: ``auto`` is a CUDA GPU when one is present, else the CPU.
 DEVICE = "auto"
 
+#: The model a JPEG input gets when no model is named: the bundled MDSR fine-tuned on LR
+#: saved as JPEG (recipe ``mdsr-baseline-291-jpeg``). Lossless inputs keep the clean default.
+JPEG_MODEL = "mdsr-baseline-291-jpeg"
+
+#: A JPEG saved at this quality or above goes to the clean default, as a lossless input. Measured
+#: (PSNR over bicubic, Set5 + Set14 + B100 x2/x3/x4, 4:2:0): the JPEG model is ahead by 0.10 dB
+#: at q90, behind by 0.09 at q92, by 0.2-0.7 at q95 (docs/jpeg/table.md).
+JPEG_CLEAN_QUALITY = 91
+
+
+def route(jpeg_quality: int | None, degradation: str | None = None) -> tuple[str | None, str]:
+    """Which model an input gets when the user names none: ``(name, why)``, ``name`` None for
+    the clean default (:func:`edsr.weights.registry.default_model`), ``why`` the reason in a
+    few words, said by ``-v``, the summary and the server's headers.
+
+    ``degradation`` is what the caller says of the input (Python arrays have no file type):
+    ``"jpeg"`` (or any JPEG spec, ``jpeg:75``) takes :data:`JPEG_MODEL`, ``"clean"`` the
+    default. Otherwise the file decides: a JPEG (``jpeg_quality`` read from its tables) below
+    :data:`JPEG_CLEAN_QUALITY` takes :data:`JPEG_MODEL`; anything else the default. A PNG that
+    holds a JPEG's pixels (a screenshot, a converted file) is not told apart: it is clean
+    unless the caller says ``degradation="jpeg"`` (``--degradation jpeg``).
+    """
+    if degradation is not None:
+        kind = degradation.split(":", 1)[0].strip().lower()
+        if kind.startswith("jpeg"):
+            return JPEG_MODEL, "the input was said to be a JPEG"
+        if kind == "clean":
+            return None, "the input was said to be lossless"
+        raise ValueError(f"degradation must be 'jpeg' or 'clean', got {degradation!r}")
+    if jpeg_quality is None:
+        return None, "not a JPEG"
+    if jpeg_quality >= JPEG_CLEAN_QUALITY:
+        return None, f"a JPEG at quality {jpeg_quality}, nearly lossless (>= {JPEG_CLEAN_QUALITY})"
+    return JPEG_MODEL, f"a JPEG at quality {jpeg_quality} (below {JPEG_CLEAN_QUALITY})"
+
 
 def default_scale(scales: Sequence[int]) -> int:
     """The scale a model with ``scales`` runs at when none is asked for (see :data:`SCALE`)."""
@@ -53,9 +88,12 @@ def resolve_device(device: str | None = None) -> str:
 
 __all__ = [
     "DEVICE",
+    "JPEG_CLEAN_QUALITY",
+    "JPEG_MODEL",
     "PRECISION",
     "SCALE",
     "SCORING_PRECISION",
     "default_scale",
     "resolve_device",
+    "route",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "Draw",
     "Term",
     "estimate_jpeg_quality",
+    "jpeg_quality",
     "jpeg_roundtrip",
     "parse_degradation",
 ]
@@ -211,3 +213,20 @@ def estimate_jpeg_quality(tables: Mapping[int, Sequence[int]] | None) -> int | N
     t = np.log(np.maximum(np.asarray(tables[0], dtype=np.float64), 1.0))
     ref = np.log(_reference_tables())
     return int(np.argmin(np.abs(ref - t).mean(axis=1))) + 1
+
+
+def jpeg_quality(source: str | os.PathLike[str] | Image.Image) -> int | None:
+    """The quality a JPEG file (or a Pillow image opened from one) was saved at, estimated
+    from its tables; None for anything that is not a JPEG or cannot be opened. Only the
+    header is read."""
+    if isinstance(source, Image.Image):
+        if source.format != "JPEG":
+            return None
+        return estimate_jpeg_quality(getattr(source, "quantization", None))
+    try:
+        with Image.open(source) as im:
+            if im.format != "JPEG":
+                return None
+            return estimate_jpeg_quality(getattr(im, "quantization", None))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None

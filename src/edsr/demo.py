@@ -4,10 +4,15 @@ Each sample's HR image is shrunk with MATLAB bicubic (the paper's protocol), bro
 bicubic and with the model, and measured on Y with ``shave = scale``. The comparison PNG puts
 bicubic, the model and the ground truth side by side, with the same zoomed crop under each, so
 the difference is visible without a viewer's zoom.
+
+The JPEG case (:func:`run_jpeg_case`) is what most photos are: one sample's LR image saved as a
+JPEG at quality 60, then upscaled by bicubic, by the model, and by the default route (which
+reads the JPEG's quality and picks the JPEG-aware model), beside the ground truth.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +21,20 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from edsr.degrade import jpeg_image
 from edsr.evaluate import BICUBIC, discover, load_pair, super_resolve
 from edsr.inference import Model, resolve_scale, upscale
 from edsr.io.atomic import atomic_write, check_writable
 from edsr.metrics import psnr
+from edsr.route import Router
 
 SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
 
 _GAP = 8
 _LABEL_H = 26
+#: The JPEG case: this sample's LR saved at this quality (a web photo's; phones save ~85-95).
+JPEG_SAMPLE = "zebra"
+JPEG_QUALITY = 60
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,81 @@ def run_demo(
             comparison_image(panels, crop, side).save(tmp, format="PNG")
         results.append(DemoResult(hr_path.stem, scale, p_bic, p_sr, target))
     return results
+
+
+@dataclass(frozen=True)
+class JpegCase:
+    """The JPEG case's PSNRs (Y, shave = scale) and what the default route chose."""
+
+    image: str
+    scale: int
+    quality: int
+    psnr_bicubic: float
+    psnr_model: float
+    psnr_route: float
+    route_model: str
+    route_why: str
+    comparison: Path
+
+
+def run_jpeg_case(
+    model: Model,
+    out_dir: str | os.PathLike,
+    *,
+    scale: int | None = None,
+    samples: str | os.PathLike = SAMPLES,
+    model_name: str = "model",
+    router: Router | None = None,
+    quality: int = JPEG_QUALITY,
+    precision: str | None = None,
+) -> JpegCase | None:
+    """Write ``<sample>_x<scale>_jpeg<q>_comparison.png``: bicubic, ``model`` and the default
+    route on the sample's LR saved as a JPEG at ``quality``, and the ground truth. None when
+    ``samples`` has no :data:`JPEG_SAMPLE` (a folder of the user's own)."""
+    scale = resolve_scale(model, scale)
+    evalset = discover(samples)
+    hr_path = next((p for p in evalset.hr_files if p.stem == JPEG_SAMPLE), None)
+    if hr_path is None:
+        return None
+    target = Path(out_dir) / f"{hr_path.stem}_x{scale}_jpeg{quality}_comparison.png"
+    check_writable(target, overwrite=True)
+    lr, hr = load_pair(evalset, hr_path, scale)
+    buf = io.BytesIO()
+    jpeg_image(lr.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    photo = Image.open(buf)  # what a user's JPEG is: the route reads its tables
+    lr_jpeg = torch.from_numpy(np.array(photo.convert("RGB"))).permute(2, 0, 1)
+    router = router or Router(scale=scale, progress=False)
+    name, why = router.choose(photo)
+    shown = {
+        "bicubic": super_resolve(BICUBIC, lr_jpeg, scale),
+        model_name: upscale_sample(model, lr_jpeg, scale, precision=precision),
+        "route": upscale_sample(router.model(name), lr_jpeg, scale, precision=precision),
+    }
+    p = {k: float(psnr(v, hr, crop_border=scale, y_channel=True)[0]) for k, v in shown.items()}
+    gt = _hwc(hr)
+    side = max(16, min(gt.shape[:2]) // 2)
+    crop = pick_crop(gt, _hwc(shown["bicubic"]), side)
+    panels = [
+        (f"bicubic of JPEG q{quality}  {p['bicubic']:.2f} dB", _hwc(shown["bicubic"])),
+        (f"{model_name}  {p[model_name]:.2f} dB", _hwc(shown[model_name])),
+        (f"default route: {name}  {p['route']:.2f} dB", _hwc(shown["route"])),
+        ("ground truth", gt),
+    ]
+    with atomic_write(target, overwrite=True) as tmp:
+        comparison_image(panels, crop, side).save(tmp, format="PNG")
+    return JpegCase(
+        hr_path.stem, scale, quality, p["bicubic"], p[model_name], p["route"], name, why, target
+    )
+
+
+def format_jpeg_case(case: JpegCase, model_name: str) -> str:
+    return (
+        f"JPEG case: {case.image} x{case.scale}, LR saved as JPEG q{case.quality}: bicubic "
+        f"{case.psnr_bicubic:.2f} dB, {model_name} {case.psnr_model:.2f} dB "
+        f"({case.psnr_model - case.psnr_bicubic:+.2f}), default route {case.psnr_route:.2f} dB "
+        f"({case.psnr_route - case.psnr_bicubic:+.2f}; {case.route_model}: {case.route_why}); "
+        f"{case.comparison}"
+    )
 
 
 def format_results(results: list[DemoResult]) -> str:

@@ -258,6 +258,8 @@ def evaluate(
             )
     return {
         "model": model if isinstance(model, str) else model.config(),
+        # what computed the outputs: fp32 is the published protocol's (bicubic: exact)
+        "precision": model.precision if isinstance(model, InferenceModel) else "fp32",
         "protocol": {
             "lr": "MATLAB bicubic (antialiased Keys a=-0.5) of HR cropped to a multiple of the "
             "scale, or the data set's LR_bicubic images",

@@ -50,7 +50,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from edsr.demo import SAMPLES, format_results, run_demo
+    from edsr.demo import SAMPLES, format_jpeg_case, format_results, run_demo, run_jpeg_case
+    from edsr.route import Router
     from edsr.weights import default_model, load_model
 
     spec = args.model or default_model()
@@ -62,8 +63,20 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"model: {name}; LR made with MATLAB bicubic; PSNR on Y, shave {results[0].scale}")
     print(format_results(results))
     mean = sum(r.gain for r in results) / len(results)
+    case = None
+    if results[0].scale in (2, 3, 4):  # the scales the default route's models have
+        case = run_jpeg_case(
+            model,
+            args.output,
+            scale=results[0].scale,
+            samples=args.samples or SAMPLES,
+            model_name=name,
+            router=Router(device=args.device, scale=results[0].scale, progress=False),
+        )
+    if case is not None:
+        print(format_jpeg_case(case, name))
     print(
         f"mean gain over bicubic: {mean:+.2f} dB; "
-        f"wrote {len(results)} comparison PNG(s) to {args.output}"
+        f"wrote {len(results) + (case is not None)} comparison PNG(s) to {args.output}"
     )
     return 0

@@ -19,6 +19,7 @@ from edsr.cli.common import (
     res_scale,
     say_to_stderr,
 )
+from edsr.errors import EdsrError
 from edsr.inference.precision import PRECISIONS as PRECISION_CHOICES
 from edsr.inference.precision import explain_precision
 
@@ -91,14 +92,22 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--frames", type=positive_int, help="videos: upscale only the first N frames (a preview)"
     )
+    p.add_argument(
+        "--degradation",
+        choices=["jpeg", "clean"],
+        help="what the inputs are, for the default route (no --model): jpeg for a PNG that "
+        "holds a JPEG's pixels (a screenshot, a converted file), clean for a JPEG to treat as "
+        "lossless (default: each file's type and JPEG quality decide)",
+    )
     add_run_code(p)
     p.set_defaults(func=_run_upscale)
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
-    from edsr.inference import BatchResult, upscale_files
+    from edsr.inference import BatchResult, Model, upscale_files
     from edsr.inference.distributed import Ranks
     from edsr.io.datasets import find_images
+    from edsr.route import Router
     from edsr.weights import load_model
 
     find_images(args.inputs)  # a missing input is said before any download or model load
@@ -106,18 +115,32 @@ def _run_upscale(args: argparse.Namespace) -> int:
     # Under torchrun each rank upscales its share; rank 0 prints for all and its exit status
     # is the command's (torchrun fails the command when one rank does).
     def work(ranks: Ranks) -> BatchResult:
-        model = ranks.check(
-            lambda: load_model(
-                args.model,
-                scale=args.scale,
-                res_scale=args.res_scale,
-                device=ranks.device(args.device),
-                run_torchscript_code=args.run_torchscript_code,
-            ),
-            main_first=True,  # a download into the cache happens once
-        )
+        model: Model | Router
+        if args.model is None and args.res_scale is None:
+            # no model named: each input gets the one the default route picks for it
+            model = Router(
+                device=ranks.device(args.device), scale=args.scale, degradation=args.degradation
+            )
+            ranks.check(lambda: model.default, main_first=True)
+            first = model.default
+        else:
+            if args.degradation is not None:
+                raise EdsrError(
+                    "--degradation picks the default route's model; leave it out with --model"
+                )
+            model = ranks.check(
+                lambda: load_model(
+                    args.model,
+                    scale=args.scale,
+                    res_scale=args.res_scale,
+                    device=ranks.device(args.device),
+                    run_torchscript_code=args.run_torchscript_code,
+                ),
+                main_first=True,  # a download into the cache happens once
+            )
+            first = model
         if args.verbose and ranks.main:
-            print(explain_precision(model, args.precision, ranks.device(args.device)))
+            print(explain_precision(first, args.precision, ranks.device(args.device)))
         return upscale_files(
             args.inputs,
             args.output,
@@ -142,6 +165,9 @@ def _run_upscale(args: argparse.Namespace) -> int:
     for path, reason in result.failed:
         where = "" if str(path) in reason else f"{path}: "
         print(f"edsr: skipped {where}{reason}", file=sys.stderr)
+    if args.verbose:
+        for path, why in result.chosen:
+            print(f"{path}: {why}")
     if not args.quiet or not result.ok:
         print(result.summary(args.output))
     return 0 if result.ok else 1

@@ -9,9 +9,10 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from edsr import defaults
@@ -37,6 +38,17 @@ PROGRESS_TILE_SECONDS = 10.0
 Say = Callable[[str], None]
 
 
+class ModelChoice(Protocol):
+    """Picks the model for each input file when the user named none (:mod:`edsr.route`
+    builds it from :func:`edsr.defaults.route`): ``choice(path)`` is ``(model, why)``, ``why``
+    one line naming the model and the reason. ``default`` decides the scale and runs videos."""
+
+    @property
+    def default(self) -> Model: ...
+
+    def __call__(self, path: Path) -> tuple[Model, str]: ...
+
+
 @dataclass
 class BatchResult:
     """What :func:`upscale_files` did: the files ``written``, the inputs skipped because their
@@ -47,6 +59,7 @@ class BatchResult:
     skipped_existing: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     kind: str = "image"  # "image" or "video": what was written
+    chosen: list[tuple[Path, str]] = field(default_factory=list)  # (input, which model and why)
 
     @property
     def ok(self) -> bool:
@@ -58,6 +71,13 @@ class BatchResult:
         parts = [f"wrote {n} {self.kind}{'s' if n != 1 else ''} to {output}"]
         if self.skipped_existing:
             parts.append(f"skipped {len(self.skipped_existing)} already written")
+        models: dict[str, int] = {}  # which model the route chose, and for how many inputs
+        for _, why in self.chosen:
+            name = why.split(":", 1)[0]
+            models[name] = models.get(name, 0) + 1
+        if models:
+            each = [f"{name} ({n})" for name, n in models.items()]
+            parts.append(f"model{'s' if len(models) > 1 else ''} {', '.join(each)}")
         if self.failed:
             names = ", ".join(p.name for p, _ in self.failed[:5])
             more = ", ..." if len(self.failed) > 5 else ""
@@ -213,7 +233,7 @@ def _prepared(model: Model, precision: str | None, compile: bool) -> Model:
 def upscale_files(
     inputs: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
-    model: Model,
+    model: Model | ModelChoice,
     scale: int | None = None,
     *,
     overwrite: bool = False,
@@ -249,9 +269,16 @@ def upscale_files(
     above, the others wait for them, then each upscales its share
     (:meth:`~edsr.inference.distributed.Ranks.shard`) and every rank returns the whole run's
     result, the same as one process gives. Progress and notes show on rank 0 only.
+
+    ``model`` may be a :class:`ModelChoice` (the default route): each image then runs on the
+    model it picks, each model prepared once, and :attr:`BatchResult.chosen` says which and why.
     """
     from edsr.inference.video import upscale_video, video_output_path
 
+    choice = None if isinstance(model, torch.nn.Module) else model
+    if choice is not None:
+        model = choice.default
+    assert isinstance(model, torch.nn.Module)
     scale = resolve_scale(model, scale)
     if overwrite and skip_existing:
         raise EdsrError("--overwrite and --skip-existing contradict each other; give one")
@@ -299,18 +326,26 @@ def upscale_files(
         )
     )
 
-    def work() -> list[tuple[int, Path | str]]:
-        prepared = _prepared(model, precision, compile)
-        done: list[tuple[int, Path | str]] = []  # (job index, written file or why it failed)
+    def work() -> list[tuple[int, Path | str, str]]:
+        ready: dict[int, Model] = {}  # each model prepared once, by id
+
+        def prepared(m: Model) -> Model:
+            if id(m) not in ready:
+                ready[id(m)] = _prepared(m, precision, compile)
+            return ready[id(m)]
+
+        # (job index, written file or why it failed, which model and why: "" without a choice)
+        done: list[tuple[int, Path | str, str]] = []
         mine = ranks.shard(list(enumerate(jobs)))
         bar = tqdm(mine, desc=f"upscale x{scale}", unit="img", disable=not progress)
         for i, (src, dst) in bar:
             bar.set_postfix_str(src.name)
+            chosen, why = (model, "") if choice is None else choice(src)
             try:
                 written = upscale_image_file(
                     src,
                     dst,
-                    prepared,
+                    prepared(chosen),
                     scale,
                     overwrite=overwrite or dst in stale,
                     stream=stream,
@@ -322,17 +357,19 @@ def upscale_files(
             except ImageError as e:
                 if n_files == 1:
                     raise
-                done.append((i, str(e)))
+                done.append((i, str(e), why))
                 continue
-            done.append((i, written))
+            done.append((i, written, why))
         return done
 
     result = BatchResult(skipped_existing=skipped)
-    for i, outcome in sorted(o for share in ranks.gather(work) for o in share):
+    for i, outcome, why in sorted(o for share in ranks.gather(work) for o in share):
         if isinstance(outcome, str):
             result.failed.append((jobs[i][0], outcome))
         else:
             result.written.append(outcome)
+            if why:
+                result.chosen.append((jobs[i][0], why))
     return result
 
 

@@ -51,6 +51,7 @@ from edsr.serve.middleware import (
 )
 from edsr.serve.models import BICUBIC, ServedModel, bicubic_scales, model_listing
 from edsr.serve.worker import (
+    Header,
     ImageRejected,
     OutputFormat,
     Result,
@@ -150,10 +151,14 @@ def _stream(f: BinaryIO) -> Iterator[bytes]:
 class EdsrServer:
     """What the requests of one app share: models, limits, the job queue, the temp directory."""
 
-    def __init__(self, models: Sequence[ServedModel], config: ServeConfig) -> None:
+    def __init__(
+        self, models: Sequence[ServedModel], config: ServeConfig, *, route: bool = False
+    ) -> None:
         if not models:
             raise EdsrError("give at least one model to serve")
         self.models = list(models)
+        # route: a request naming no model gets the one edsr.defaults.route picks for its file
+        self.route = route
         self.by_id = {m.id.lower(): m for m in self.models}
         self.config = config
         self.bicubic_scales = bicubic_scales(self.models)
@@ -207,12 +212,20 @@ class EdsrServer:
             "input_extensions": sorted(IMAGE_EXTENSIONS),
         }
 
-    def choose(self, o: UpscaleOptions) -> tuple[ServedModel | None, int]:
-        """The model (None: bicubic) and scale the options name."""
+    def choose(
+        self, o: UpscaleOptions, header: Header | None = None
+    ) -> tuple[ServedModel | None, int, str]:
+        """The model (None: bicubic), scale and why: the options name them, or, with
+        ``route``, the default route picks the model for the file ``header`` describes."""
         name = (o.model or "").strip()
         model: ServedModel | None
-        if not name:
+        why = "named by the request"
+        if not name and self.route and header is not None:
+            routed, why = defaults.route(header.jpeg_quality)
+            model = self.by_id.get((routed or self.models[0].id).lower(), self.models[0])
+        elif not name:
             model = self.models[0]
+            why = "this server's default"
         elif name.lower() == BICUBIC:
             model = None
         else:
@@ -223,13 +236,13 @@ class EdsrServer:
                 raise ApiError(422, f"unknown model {name!r}{hint}; this server has: {have}")
         scales = model.scales if model is not None else self.bicubic_scales
         if o.scale is None:
-            return model, defaults.default_scale(scales)
+            return model, defaults.default_scale(scales), why
         if o.scale not in scales:
             have = ", ".join(f"x{s}" for s in scales)
             raise ApiError(
                 422, f"model {model.id if model else BICUBIC} upscales {have}, not x{o.scale}"
             )
-        return model, o.scale
+        return model, o.scale, why
 
     async def upscale(
         self, request: Request, options: UpscaleOptions, image: UploadFile | None
@@ -258,11 +271,12 @@ class EdsrServer:
             raise ApiError(422, "no image in the request (multipart form field 'image')")
         if size > self.config.max_upload_bytes:
             raise ApiError(413, too_large(self.config))
-        served, scale = self.choose(options)
-        ensemble = options.ensemble and served is not None  # the flips of bicubic are bicubic
-        fmt = options.format
+        self.choose(options)  # an unknown model or scale is said before the upload is read
         # off the event loop: counting an animation's frames reads the whole file
         header = await run_in_threadpool(inspect, upload, self.config.max_pixels)
+        served, scale, why = self.choose(options, header)
+        ensemble = options.ensemble and served is not None  # the flips of bicubic are bicubic
+        fmt = options.format
         check_output(header, scale, fmt)
         try:
             job = self.queue.new_job(options.job)
@@ -327,6 +341,7 @@ class EdsrServer:
             "Cache-Control": "no-store",
             "X-Job-Id": job.id,
             "X-Model": model_id,
+            "X-Model-Reason": why,
             "X-Scale": str(scale),
             "X-Image-Width": str(result.width),
             "X-Image-Height": str(result.height),
@@ -399,9 +414,13 @@ def _name_the_choices(schema: dict[str, Any], server: EdsrServer) -> dict[str, A
     return schema
 
 
-def create_app(models: Sequence[ServedModel], config: ServeConfig | None = None) -> FastAPI:
-    """The ASGI app serving ``models`` (loaded once, shared by all requests) under ``config``."""
-    server = EdsrServer(models, config or ServeConfig())
+def create_app(
+    models: Sequence[ServedModel], config: ServeConfig | None = None, *, route: bool = False
+) -> FastAPI:
+    """The ASGI app serving ``models`` (loaded once, shared by all requests) under ``config``.
+    ``route``: a request that names no model gets the one :func:`edsr.defaults.route` picks
+    for its file (a JPEG below a quality: the JPEG-aware model), when it is served here."""
+    server = EdsrServer(models, config or ServeConfig(), route=route)
     # The API page's scripts and styles come from this server (the fastapi-offline package
     # ships them), not from a CDN, so /docs works on a machine without internet.
     app = FastAPIOffline(

@@ -60,8 +60,8 @@ def load_models(
     names: list[str] = []
     for spec in specs:
         names += [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        names = [registry.default_model()]
+    if not names:  # the default route: the clean default, and the JPEG model for JPEGs
+        names = [registry.default_model(), defaults.JPEG_MODEL]
     served: list[ServedModel] = []
     seen: set[str] = set()
     for spec in dict.fromkeys(names):  # keeps order, drops repeats

@@ -80,7 +80,7 @@ def serve(
     served = load_models(
         models, device=device, precision=precision, run_torchscript_code=run_torchscript_code
     )
-    app = create_app(served, config)
+    app = create_app(served, config, route=not models)  # no --model: the default route
     sock = bind(host, port)
     real_port = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host

@@ -20,6 +20,7 @@ from typing import BinaryIO, cast
 import numpy as np
 import PIL.Image
 
+from edsr.degrade import jpeg_quality
 from edsr.errors import EdsrError, one_line
 from edsr.inference import Model, upscale
 from edsr.io.image import (
@@ -81,6 +82,7 @@ class Header:
     height: int
     alpha: bool
     frames: int
+    jpeg_quality: int | None = None  # a JPEG's, read from its tables: the default route's input
 
 
 def inspect(upload: BinaryIO, max_pixels: int) -> Header:
@@ -88,6 +90,7 @@ def inspect(upload: BinaryIO, max_pixels: int) -> Header:
     try:
         with PIL.Image.open(upload) as im:
             fmt, (w, h), mode, info = im.format or "", im.size, im.mode, im.info
+            quality = jpeg_quality(im)
             frames = frame_count(im)
     except PIL.UnidentifiedImageError:
         raise UnsupportedImage(
@@ -106,7 +109,7 @@ def inspect(upload: BinaryIO, max_pixels: int) -> Header:
     if w == 0 or h == 0:
         raise ImageRejected(f"the image has zero size ({w}x{h})")
     alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in info
-    return Header(fmt, w, h, alpha, frames)
+    return Header(fmt, w, h, alpha, frames, quality)
 
 
 def check_output(header: Header, scale: int, fmt: OutputFormat) -> None:

@@ -135,9 +135,19 @@ class WeightsEntry:
         cfg.update(n_colors=self.n_colors, rgb_range=self.rgb_range)
         return cfg
 
-    def metric(self, dataset: str, scale: int, *, self_ensemble: bool = False) -> Metric | None:
+    def metric(
+        self, dataset: str, scale: int, *, self_ensemble: bool = False, degradation: str = "clean"
+    ) -> Metric | None:
+        """The row for ``dataset`` at ``scale`` on LR degraded by ``degradation`` (the
+        paper's lossless LR by default)."""
         for m in self.metrics:
-            if m.dataset == dataset and m.scale == scale and m.self_ensemble == self_ensemble:
+            _, _, deg = m.protocol.partition(", LR ")
+            if (
+                m.dataset == dataset
+                and m.scale == scale
+                and m.self_ensemble == self_ensemble
+                and (deg or "clean") == degradation
+            ):
                 return m
         return None
 
@@ -159,6 +169,10 @@ def metrics_from_eval_json(
         proto = f"{channel}, shave {p.get('shave', r['scale'])}"
         if p.get("gray_as_rgb"):
             proto += ", gray as RGB"
+        if report.get("precision", "fp32") != "fp32":  # scored as `upscale` runs it
+            proto += f", {report['precision']}"
+        if r.get("degradation", "clean") != "clean":  # edsr eval --degrade: JPEG LR and such
+            proto += f", LR {r['degradation']}"
         ens = r.get("self_ensemble", report.get("self_ensemble", False))
         out.append(
             Metric(

@@ -1,0 +1,127 @@
+"""The default route: with no model named, a JPEG below a quality goes to the JPEG-aware model
+and everything else to the clean default, the same through every door, and each door says
+which model ran and why."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA
+from edsr import EdsrError, defaults, load_model, upscale
+from edsr.route import Router
+
+JPEG, CLEAN = defaults.JPEG_MODEL, "mdsr-baseline-291"
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return Image.open(DATA / "Set5" / "HR" / "bird.png").convert("RGB").crop((60, 60, 124, 116))
+
+
+def _jpeg(img, quality, **kw):
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, **kw)
+    buf.seek(0)
+    return Image.open(buf)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load_model(name, device="cpu") for name in (CLEAN, JPEG)}
+
+
+def test_the_rule():
+    t = defaults.JPEG_CLEAN_QUALITY
+    assert defaults.route(None) == (None, "not a JPEG")
+    assert defaults.route(t - 1)[0] == JPEG and f"quality {t - 1}" in defaults.route(t - 1)[1]
+    assert defaults.route(t)[0] is None and "nearly lossless" in defaults.route(t)[1]
+    assert defaults.route(100)[0] is None
+    assert defaults.route(None, "jpeg")[0] == JPEG and defaults.route(None, "jpeg:75")[0] == JPEG
+    assert defaults.route(40, "clean")[0] is None
+    with pytest.raises(ValueError, match="'jpeg' or 'clean'"):
+        defaults.route(None, "png")
+
+
+def test_files_are_routed_by_type_and_quality_read_from_the_file(tmp_path, photo):
+    router = Router(device="cpu", progress=False)
+    photo.save(tmp_path / "a.png")
+    assert router.choose(tmp_path / "a.png") == (CLEAN, "not a JPEG")
+    for q in (40, 60, 75, 90, 91, 94, 95, 98, 100):
+        for sub in (2, 0):  # 4:2:0 and 4:4:4 chroma
+            path = tmp_path / f"q{q}-{sub}.jpg"
+            photo.save(path, quality=q, subsampling=sub)
+            name, why = router.choose(path)
+            assert name == (JPEG if q < defaults.JPEG_CLEAN_QUALITY else CLEAN), (q, why)
+            assert f"quality {q}" in why
+    # a PNG holding a JPEG's pixels is not told apart; the caller says so
+    _jpeg(photo, 50).save(tmp_path / "screenshot.png")
+    assert router.choose(tmp_path / "screenshot.png")[0] == CLEAN
+    assert Router(degradation="jpeg").choose(tmp_path / "screenshot.png")[0] == JPEG
+
+
+def test_python_door_routes_pillow_jpegs_and_arrays_say_what_they_are(photo, models):
+    jpeg = _jpeg(photo, 70)
+    routed = np.asarray(upscale(jpeg, scale=2, precision="fp32"))
+    chosen = np.asarray(upscale(jpeg, models[JPEG], 2, precision="fp32"))
+    other = np.asarray(upscale(jpeg, models[CLEAN], 2, precision="fp32"))
+    assert np.array_equal(routed, chosen) and not np.array_equal(routed, other)
+    png = np.asarray(upscale(photo, scale=2, precision="fp32"))
+    assert np.array_equal(png, np.asarray(upscale(photo, models[CLEAN], 2, precision="fp32")))
+    arr = np.asarray(jpeg.convert("RGB"))
+    assert np.array_equal(upscale(arr, scale=2, precision="fp32"), other), "arrays stay clean"
+    said = upscale(arr, scale=2, precision="fp32", degradation="jpeg")
+    assert np.array_equal(said, chosen)
+    with pytest.raises(EdsrError, match="leave it out when you give a model"):
+        upscale(arr, models[CLEAN], 2, degradation="jpeg")
+
+
+def test_the_cli_says_which_model_ran_and_why(tmp_path, photo, models):
+    photo.save(tmp_path / "photo.jpg", quality=75)
+    photo.save(tmp_path / "screen.png")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edsr", "upscale", tmp_path / "photo.jpg", tmp_path / "screen.png",
+         "-o", out, "--scale", "2", "-v", "--quiet", "--precision", "fp32"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    t = defaults.JPEG_CLEAN_QUALITY
+    assert f"{tmp_path / 'photo.jpg'}: {JPEG}: a JPEG at quality 75 (below {t})" in lines
+    assert f"{tmp_path / 'screen.png'}: {CLEAN}: not a JPEG" in lines
+    # the same pixels edsr.upscale gives with each model named
+    got = np.asarray(Image.open(out / "photo_x2.png"))
+    want = upscale(Image.open(tmp_path / "photo.jpg"), models[JPEG], 2, precision="fp32")
+    assert np.array_equal(got, np.asarray(want))
+    got = np.asarray(Image.open(out / "screen_x2.png"))
+    assert np.array_equal(got, np.asarray(upscale(photo, models[CLEAN], 2, precision="fp32")))
+
+
+def test_the_server_routes_and_says_why_in_its_headers(photo):
+    from fastapi.testclient import TestClient
+
+    from edsr.serve import ServeConfig, create_app, load_models
+
+    app = create_app(load_models([], progress=False), ServeConfig(workers=1), route=True)
+    cases = [("JPEG", {"quality": 70}, JPEG), ("JPEG", {"quality": 97}, CLEAN), ("PNG", {}, CLEAN)]
+    with TestClient(app) as client:
+        for fmt, kw, want in cases:
+            buf = io.BytesIO()
+            photo.save(buf, fmt, **kw)
+            r = client.post(
+                "/v1/upscale", files={"image": ("a", buf.getvalue())}, data={"scale": "2"}
+            )
+            assert r.status_code == 200, r.text
+            assert r.headers["x-model"] == want
+            assert ("quality" in r.headers["x-model-reason"]) == (fmt == "JPEG")
+        named = client.post(
+            "/v1/upscale",
+            files={"image": ("a", buf.getvalue())},
+            data={"scale": "2", "model": JPEG},
+        )
+        assert named.headers["x-model"] == JPEG
+        assert named.headers["x-model-reason"] == "named by the request"
