@@ -193,23 +193,17 @@ def test_a_range_is_drawn_per_image_the_same_on_every_run(tmp_path):
 
 def test_a_miniature_jpeg_training_runs_resumes_and_loads(tmp_path, capsys):
     from edsr import load_model
-    from edsr.training.config import TrainConfig
     from edsr.training.loop import train
+    from test_train import tiny_cfg
 
     def cfg(folder):
-        return TrainConfig(
-            preset="edsr-baseline",
+        val = crop_set(tmp_path / f"val-{folder}", ("bird",), (0, 0, 60, 60))
+        return tiny_cfg(
+            tmp_path / folder,
             scales=[2],
-            train=[str(DATA / "Set5")],
-            val=str(crop_set(tmp_path / f"val-{folder}", ("bird",), (0, 0, 60, 60))),
-            out=str(tmp_path / folder),
-            iters=6,
-            batch_size=4,
+            val=str(val),
             patch_size=16,
             val_every=3,
-            checkpoint_every=3,
-            log_every=1,
-            precision="fp32",
             cache_dir=str(tmp_path / "cache"),
             degrade="clean:0.2,jpeg:30-90:0.8",
             val_degrade="jpeg:60",
@@ -219,9 +213,9 @@ def test_a_miniature_jpeg_training_runs_resumes_and_loads(tmp_path, capsys):
     short = cfg("b")
     short.iters = 3  # stops at step 3, as a killed run would
     train(short, progress=False)
-    resumed = train(resume=tmp_path / "b", iters=6, progress=False)
+    resumed = train(resume=tmp_path / "b" / "run", iters=6, progress=False)
     a, b = load_file(straight), load_file(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    saved = (tmp_path / "b" / "config.toml").read_text()
+    saved = (tmp_path / "b" / "run" / "config.toml").read_text()
     assert 'degrade = "clean:0.2,jpeg:30-90:0.8"' in saved and 'val_degrade = "jpeg:60"' in saved
     assert load_model(resumed).config()["arch"] == "edsr"

@@ -221,11 +221,16 @@ _NOTES_291 = (
 )
 
 
-def _bundled_mdsr() -> WeightsEntry:
+def _measured(reports: Iterable[str]) -> tuple[Metric, ...]:
+    """The rows of the eval reports beside the bundled file, those present, in order."""
     metrics: tuple[Metric, ...] = ()
-    for name in BUNDLED_EVALS:
+    for name in reports:
         if (ASSETS / name).is_file():
             metrics += metrics_from_eval_json(ASSETS / name)
+    return metrics
+
+
+def _bundled_mdsr() -> WeightsEntry:
     return WeightsEntry(
         name=_BUNDLED_NAME,
         preset="mdsr-baseline",
@@ -237,7 +242,7 @@ def _bundled_mdsr() -> WeightsEntry:
         license="MIT (this project)",
         source="trained here",
         bundled=_BUNDLED_FILE,
-        metrics=metrics,
+        metrics=_measured(BUNDLED_EVALS),
         description="MDSR baseline trained here on the 291-image set (fp16); the default model",
         training=Training(
             command=f"edsr train --recipe {_RECIPE}",
@@ -270,10 +275,6 @@ def _jpeg_iterations() -> int:
 
 
 def _bundled_jpeg() -> WeightsEntry:
-    metrics: tuple[Metric, ...] = ()
-    for name in JPEG_EVALS:
-        if (ASSETS / name).is_file():
-            metrics += metrics_from_eval_json(ASSETS / name)
     return WeightsEntry(
         name=defaults.JPEG_MODEL,
         preset="mdsr-baseline",
@@ -285,7 +286,7 @@ def _bundled_jpeg() -> WeightsEntry:
         license="MIT (this project)",
         source="trained here",
         bundled=_JPEG_FILE,
-        metrics=metrics,
+        metrics=_measured(JPEG_EVALS),
         description="the bundled MDSR fine-tuned for JPEG inputs (fp16); the default route's "
         "model for JPEGs",
         training=Training(
