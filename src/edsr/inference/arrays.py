@@ -19,6 +19,7 @@ from edsr.inference.descriptor import Model, resolve_scale
 from edsr.inference.engine import ArraySink, TensorSink, TileBar, array_input, chain, run_tiled
 from edsr.inference.precision import compute_model
 from edsr.inference.tiling import OnTile, ShouldStop
+from edsr.validators import finite_float, int_in_range
 
 ImageLike = TypeVar("ImageLike", PILImage.Image, np.ndarray, torch.Tensor)
 
@@ -103,6 +104,13 @@ def upscale(
     itself is not changed. ``precision="fp32"`` runs in float32 throughout; a model from
     :func:`~edsr.inference.precision.prepare_model` runs as prepared.
     """
+    # the Python door's values, checked where they enter: one EdsrError naming the argument
+    if scale is not None:
+        scale = int_in_range(scale, "scale")
+    if tile is not None:
+        tile = int_in_range(tile, "tile")
+    if value_range is not None:
+        value_range = finite_float(value_range, "value_range")
     model = compute_model(model, precision)
     opts: dict[str, Any] = {
         "tile": tile,
@@ -128,6 +136,9 @@ def _infer_float_range(x: torch.Tensor | np.ndarray, value_range: float | None) 
             raise EdsrError(f"value_range must be positive, got {value_range}")
         return float(value_range)
     n = x.size if isinstance(x, np.ndarray) else x.numel()
+    finite = bool(np.isfinite(x).all()) if isinstance(x, np.ndarray) else bool(x.isfinite().all())
+    if not finite:
+        raise EdsrError("image holds NaN or infinite values; an image's values are finite")
     peak = float(x.max()) if n else 0.0
     if peak > 1.0 + 1e-3:
         raise EdsrError(
@@ -161,6 +172,8 @@ def _upscale_torch(
         raise EdsrError(
             f"tensor images must be (C, H, W) or (N, C, H, W), got shape {tuple(x.shape)}"
         )
+    if x.numel() == 0:
+        raise EdsrError(f"image is empty: a tensor of shape {tuple(x.shape)} holds no pixel")
     vr, is_int = _range_of(x.dtype, x, value_range)
     batch = x if x.ndim == 4 else x.unsqueeze(0)
     if batch.shape[1] not in (1, 2, 3, 4):
@@ -184,6 +197,10 @@ def _check_numpy(a: np.ndarray) -> np.ndarray:
 def _upscale_numpy(
     a: np.ndarray, model: Model, scale: int | None, value_range: float | None, **opts: Any
 ) -> np.ndarray:
+    if not a.dtype.isnative:  # big-endian samples (a FITS or raw file): the same values
+        return _upscale_numpy(
+            a.astype(a.dtype.newbyteorder("=")), model, scale, value_range, **opts
+        ).astype(a.dtype)
     a3 = _check_numpy(a)
     scale = resolve_scale(model, scale)
     vr, is_int = _range_of(a.dtype, a, value_range)
@@ -205,9 +222,15 @@ def _upscale_pil(
     elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
         img = img.convert("L" if mode == "1" else "RGB")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img).astype(np.uint16)
-        out = _upscale_numpy(a, model, scale, None, **opts)
-        return PILImage.fromarray(out.astype(np.uint16), mode="I;16")
+        a = np.asarray(img)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise EdsrError(
+                f"a mode {img.mode!r} image with values {a.min()}..{a.max()}: 16-bit images hold "
+                "0..65535; rescale it first"
+            )
+        out = _upscale_numpy(a.astype(np.uint16), model, scale, None, **opts)
+        # Pillow picks the mode from the array: I;16 for uint16, I for int32 (as it came)
+        return PILImage.fromarray(out if img.mode != "I" else out.astype(np.int32))
     if img.mode not in ("L", "LA", "RGB", "RGBA"):
         raise EdsrError(f"unsupported PIL image mode {img.mode!r}; convert it to RGB first")
     out = _upscale_numpy(np.asarray(img), model, scale, None, **opts)
