@@ -12,6 +12,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -274,15 +275,50 @@ def model_from_state_dict(
     res_scale: float | None = None,
     source: str = "checkpoint",
 ) -> SRModel:
-    """Build the model ``config`` describes (else detected from shapes); load ``sd`` strictly."""
+    """Build the model ``config`` describes (else detected from shapes); load ``sd`` strictly.
+
+    A given config is a claim and the tensors are the facts: its size (architecture, blocks,
+    features, colours, scales) is checked against the shapes before anything is built, so a
+    config that lies (``n_resblocks: 10**7`` beside a 16-block file) is one line, not gigabytes.
+    """
     if config is None:
         config = detect_config(sd, res_scale=res_scale)
-    elif res_scale is not None and config.get("arch") == "edsr":
-        config = {**config, "res_scale": float(res_scale)}
+    else:
+        _check_claims(config, sd, source)
+        if res_scale is not None and config.get("arch") == "edsr":
+            config = {**config, "res_scale": float(res_scale)}
     model = model_from_config(config)
     _check_strict(model, sd, config, source)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model.eval()
+
+
+_SIZE_KEYS = ("arch", "n_resblocks", "n_feats", "n_colors")
+
+
+def _size(config: Mapping[str, Any]) -> tuple:
+    scales: Any = config.get("scales") if config.get("arch") == "mdsr" else [config.get("scale")]
+    try:
+        return (*(config.get(k) for k in _SIZE_KEYS), tuple(sorted(int(s) for s in scales or ())))
+    except (TypeError, ValueError):
+        return (*(config.get(k) for k in _SIZE_KEYS), None)
+
+
+def _check_claims(config: object, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            f"{source}: its model config is {type(config).__name__}, not an object; "
+            "the file is damaged, or give a checkpoint without it"
+        )
+    facts = detect_config(sd)
+    claimed, held = _size({**facts, **config}), _size(facts)
+    if claimed != held:
+        names = [*_SIZE_KEYS, "scales"]
+        diff = next(i for i, (a, b) in enumerate(zip(claimed, held, strict=True)) if a != b)
+        raise CheckpointError(
+            f"{source}: its config says {names[diff]} = {claimed[diff]!r}, its tensors hold "
+            f"{held[diff]!r}; the config does not describe these weights (damaged or edited)"
+        )
 
 
 def save_model(
