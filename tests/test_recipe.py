@@ -149,6 +149,9 @@ def test_a_stage_is_one_more_table(tmp_path):
         ({"iters": 5, "init": "previous"}, "needs a stage before it"),
         ({"iters": 5, "init": "no-such-model"}, "init must be .* a model name"),
         ({"iters": 5, "degrade": "jpeg:500"}, "from 1 to 100"),
+        # a step's memory is bounded by the machine's before any tensor is made
+        ({"iters": 5, "patch_size": 5000}, "needs about .* GiB; this machine has"),
+        ({"iters": 5, "batch_size": 10**9}, "needs about .* GiB; this machine has"),
         ({"iters": 5, "save_as": "int8"}, "save_as must be"),
     ],
 )

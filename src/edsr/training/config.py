@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edsr.degrade import parse_degradation
 from edsr.errors import EdsrError
+from edsr.inference.memory import format_bytes, host_available_memory
 from edsr.inference.precision import TRAINING_PRECISIONS
 from edsr.io.atomic import atomic_write
 from edsr.models import PRESETS, check_scales
@@ -35,6 +38,26 @@ LR_SCHEDULES = ("step", "cosine")
 MAX_LR = 1.0
 #: NumPy's seeds are 32-bit.
 MAX_SEED = 2**32 - 1
+
+
+def step_memory(cfg: TrainConfig) -> int:
+    """Bytes one training step keeps for its backward pass, in float32 (an upper bound:
+    bf16 autocast keeps less): per block its conv, ReLU and sum outputs, the upsampler's
+    outputs at HR size, and the HR patches, output and loss."""
+    p = PRESETS[cfg.preset]
+    s = max(cfg.scales)
+    lr_px, hr_px = cfg.patch_size**2, (cfg.patch_size * s) ** 2
+    floats = cfg.batch_size * (
+        p.n_feats * lr_px * (4 * p.n_resblocks + 6) + 2 * p.n_feats * hr_px + 9 * hr_px
+    )
+    return 4 * floats
+
+
+def _memory_on_hand() -> int:
+    free = host_available_memory()
+    if torch.cuda.is_available():  # a GPU run keeps its activations there
+        free = max(free, torch.cuda.get_device_properties(0).total_memory)
+    return free
 
 
 @dataclass
@@ -113,6 +136,14 @@ class TrainConfig:
             )
         if self.on_bad_image not in ("skip", "fail"):
             raise EdsrError(f"on_bad_image must be 'skip' or 'fail', not {self.on_bad_image!r}")
+        # what a step would ask of this machine, before a tensor of that size is made
+        need, have = step_memory(self), _memory_on_hand()
+        if need > have:
+            raise EdsrError(
+                f"a training step of {self.preset} with batch {self.batch_size} and "
+                f"{self.patch_size} px LR patches needs about {format_bytes(need)}; this "
+                f"machine has {format_bytes(have)} free: use a smaller patch_size or batch_size"
+            )
         int_in_range(self.workers, "workers", minimum=0, maximum=MAX_PROCESSES)
         int_in_range(self.seed, "seed", minimum=0, maximum=MAX_SEED)
         if run_paths:
