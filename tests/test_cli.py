@@ -393,3 +393,19 @@ def test_sigterm_during_upscale_exits_143_and_leaves_no_temporary(tmp_path, x2_m
     assert proc.returncode == 143 and "edsr: terminated" in err
     out = tmp_path / "out"
     assert not out.exists() or [p.name for p in out.iterdir()] == []
+
+
+def test_bare_edsr_prints_the_command_list(capsys):
+    from edsr.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: edsr") and all(c in out for c in ("upscale", "eval", "train"))
+
+
+def test_eval_without_scale_scores_the_models_scales(capsys):
+    from edsr.cli import main
+
+    assert main(["eval", "--model", "bicubic", "--data", str(DATA / "Set5"), "--quiet"]) == 0
+    rows = [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert rows == ["x2", "x3", "x4"]

@@ -62,7 +62,11 @@ def _show_warning(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words:  # a newcomer's first try: the command list, not an error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(words)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

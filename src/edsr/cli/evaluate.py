@@ -43,7 +43,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "the data cache (Set5: ./Set5, else the copy 'edsr data download Set5' made)",
     )
     p.add_argument(
-        "--scale", nargs="+", type=positive_int, required=True, help="scales to evaluate"
+        "--scale",
+        nargs="+",
+        type=positive_int,
+        help="scales to evaluate (default: every scale the model has; bicubic: 2 3 4)",
     )
     p.add_argument(
         "--json",
@@ -104,6 +107,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     import json
 
     from edsr.evaluate import BICUBIC, discover, evaluate, format_table
+    from edsr.inference import describe
     from edsr.inference.distributed import Ranks
     from edsr.io.atomic import atomic_write, check_writable
     from edsr.models import SRModel
@@ -129,10 +133,13 @@ def _run_eval(args: argparse.Namespace) -> int:
                 ),
                 main_first=True,  # a download into the cache happens once
             )
+        scales = args.scale or (
+            list(describe(model).scales) if not isinstance(model, str) else [2, 3, 4]
+        )
         return evaluate(
             model,
             args.data,
-            args.scale,
+            scales,
             y_channel=args.y_channel,
             shave=args.shave,
             gray_as_rgb=args.gray_as_rgb,
