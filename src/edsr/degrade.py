@@ -113,9 +113,6 @@ class Degradation:
 
     def for_image(self, name: str, scale: int) -> Draw:
         """The draw evaluation uses for one image at one scale: the same on every run."""
-        if len(self.terms) == 1 and self.terms[0].qmin == self.terms[0].qmax:
-            t = self.terms[0]
-            return Draw(t.kind, t.qmin)
         seed = zlib.crc32(name.encode("utf-8"))
         return self.draw(np.random.default_rng([seed, scale]), 1)[0]
 

@@ -22,7 +22,7 @@ from edsr.errors import EdsrError
 from edsr.inference import ImageLike, Model
 from edsr.inference import upscale as run_upscale
 from edsr.weights import load_model
-from edsr.weights.registry import default_model
+from edsr.weights.registry import default_model, get_entry
 
 __all__ = ["Router", "upscale"]
 
@@ -61,6 +61,12 @@ class Router:
     @property
     def default(self) -> Model:
         return self.model(None)
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """The scales every model of the route has (the registry says; nothing is loaded)."""
+        both = [get_entry(self.name(n)).scales for n in (None, defaults.JPEG_MODEL)]
+        return tuple(s for s in both[0] if s in both[1])
 
     def choose(
         self, source: str | os.PathLike[str] | Image.Image | None, degradation: str | None = None

@@ -64,14 +64,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(format_results(results))
     mean = sum(r.gain for r in results) / len(results)
     case = None
-    if results[0].scale in (2, 3, 4):  # the scales the default route's models have
+    router = Router(device=args.device, scale=results[0].scale, progress=False)
+    if results[0].scale in router.scales:
         case = run_jpeg_case(
             model,
             args.output,
             scale=results[0].scale,
             samples=args.samples or SAMPLES,
             model_name=name,
-            router=Router(device=args.device, scale=results[0].scale, progress=False),
+            router=router,
         )
     if case is not None:
         print(format_jpeg_case(case, name))

@@ -112,7 +112,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from edsr.io.atomic import atomic_write, check_writable
     from edsr.models import SRModel
     from edsr.runtimes import ExportedModel
-    from edsr.weights import load_model
+    from edsr.weights import default_model, get_entry, load_model
 
     for d in args.data:  # a missing or empty data set is said before any download or load
         discover(d)
@@ -133,8 +133,11 @@ def _run_eval(args: argparse.Namespace) -> int:
                 ),
                 main_first=True,  # a download into the cache happens once
             )
+        # bicubic is scored where the default model is, for the table beside it
         scales = args.scale or (
-            list(describe(model).scales) if not isinstance(model, str) else [2, 3, 4]
+            describe(model).scales
+            if not isinstance(model, str)
+            else get_entry(default_model()).scales
         )
         return evaluate(
             model,

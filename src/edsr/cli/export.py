@@ -70,10 +70,7 @@ def _run_export(args: argparse.Namespace) -> int:
             f"{args.model} is an exported graph already; export from the checkpoint it came from"
         )
     model = load_model(args.model, scale=args.scale, res_scale=args.res_scale, device="cpu")
-    if not isinstance(model, SRModel):
-        raise EdsrError(
-            f"{args.model} is an exported graph already; export from the checkpoint it came from"
-        )
+    assert isinstance(model, SRModel)  # names and folders resolve to checkpoints only
     done = export_model(
         model,
         args.output,

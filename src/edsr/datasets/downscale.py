@@ -108,8 +108,8 @@ def _make_one(
             else:
                 with atomic_open(_lr_path(root, src.stem, s, jpeg), overwrite=True) as f:
                     jpeg_image(lr).save(f, format="JPEG", quality=jpeg)
-            other = _lr_path(root, src.stem, s, None) if jpeg else _lr_path(root, src.stem, s, 1)
-            other.unlink(missing_ok=True)
+            written = _lr_path(root, src.stem, s, jpeg)
+            written.with_suffix(".png" if jpeg else ".jpg").unlink(missing_ok=True)
             sizes[str(s)] = [lr.shape[1], lr.shape[0]]
     except (EdsrError, OSError) as e:
         raise WriteFailed(str(e)) from None

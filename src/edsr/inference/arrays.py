@@ -131,14 +131,12 @@ def upscale(
 
 
 def _infer_float_range(x: torch.Tensor | np.ndarray, value_range: float | None) -> float:
-    if value_range is not None:
-        if value_range <= 0:
-            raise EdsrError(f"value_range must be positive, got {value_range}")
+    finite = bool(np.isfinite(x).all()) if isinstance(x, np.ndarray) else bool(x.isfinite().all())
+    if not finite:  # with or without value_range: NaN is no gray level
+        raise EdsrError("image holds NaN or infinite values; an image's values are finite")
+    if value_range is not None:  # checked finite and positive where it entered (upscale)
         return float(value_range)
     n = x.size if isinstance(x, np.ndarray) else x.numel()
-    finite = bool(np.isfinite(x).all()) if isinstance(x, np.ndarray) else bool(x.isfinite().all())
-    if not finite:
-        raise EdsrError("image holds NaN or infinite values; an image's values are finite")
     peak = float(x.max()) if n else 0.0
     if peak > 1.0 + 1e-3:
         raise EdsrError(

@@ -374,6 +374,14 @@ def _fingerprint(t: torch.Tensor) -> tuple:
     )
 
 
+def _hooks(m: nn.Module | None) -> tuple:
+    """The forward hooks on ``m`` (None: the global ones every module runs)."""
+    if m is None:
+        g = torch.nn.modules.module
+        return tuple(g._global_forward_hooks), tuple(g._global_forward_pre_hooks)
+    return tuple(m._forward_hooks), tuple(m._forward_pre_hooks)
+
+
 def _structure(model: nn.Module) -> tuple:
     """Each submodule's name, type and plain attributes (``res_scale``, ``training``): a
     swapped module or a changed attribute changes it."""
@@ -384,10 +392,8 @@ def _structure(model: nn.Module) -> tuple:
             for k, v in vars(m).items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str))
         )
-        hooks = (tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
-        out.append((name, type(m), tuple(attrs), hooks))
-    g = torch.nn.modules.module
-    out.append(("", None, (), (tuple(g._global_forward_hooks), tuple(g._global_forward_pre_hooks))))
+        out.append((name, type(m), tuple(attrs), _hooks(m)))
+    out.append(("", None, (), _hooks(None)))
     return tuple(out)
 
 
@@ -406,10 +412,7 @@ _CANONICAL: dict[str, tuple] = {}
 
 
 def _hooked(model: nn.Module) -> bool:
-    g = torch.nn.modules.module
-    if g._global_forward_hooks or g._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return any(any(_hooks(m)) for m in (None, *model.modules()))
 
 
 def fast_copy_matches(model: nn.Module) -> bool:
