@@ -332,7 +332,7 @@ def test_image_set_corrupt_file_refused_then_the_rest_fetched(
     assert main(["data", "download", IMG, "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not get 1 of 3 images of TestImages: bird:" in err
-    assert "pixel hash mismatch" in err and "run `edsr data download TestImages` again" in err
+    assert "pixel hash mismatch" in err and "Run `edsr data download TestImages` again" in err
     hr = home / IMG / "HR"
     assert sorted(p.name for p in hr.iterdir()) == ["baby.png", "head.png"]
     assert not list((home / "downloads").rglob("bird*"))  # a wrong file is not kept
@@ -598,3 +598,120 @@ def test_root_under_a_file_is_one_line_naming_it(home, tmp_path, capsys):
             download_dataset("Set5", root=root, progress=False)
         assert str(afile) in str(info.value) and "\n" not in str(info.value)
     assert afile.read_text() == "x" and not home.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# A host that cannot be reached: tried once a run, said once a set; nothing deleted passes
+# --------------------------------------------------------------------------------------------
+
+
+def _unfetchable_set(name: str, base_url: str, n: int) -> DataSetEntry:
+    """A set of ``n`` images published at ``base_url`` (their pixels never get checked)."""
+    files = tuple(ImageFile(f"im{i}", f"data/im{i}.png", 8, 8, "0" * 64) for i in range(n))
+    return DataSetEntry(name, "test", name, (), images=ImageFiles((base_url,), "test", files))
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        pytest.param(lambda: refused_url("/repo/"), id="closed-port"),
+        pytest.param(lambda: "http://edsr-test.invalid/repo/", id="unresolvable"),
+    ],
+)
+def test_a_host_down_is_tried_once_a_run_and_said_once_a_set(home, monkeypatch, capsys, base):
+    import time
+
+    import edsr.io.download
+
+    url = base()
+    host = url.split("/")[2]
+    for name in ("Down1", "Down2"):  # as T91 and BSD200: one host for both
+        monkeypatch.setitem(DATASETS, name, _unfetchable_set(name, url, 40))
+    tries: list[str] = []
+    real = edsr.io.download.fetch_url
+
+    def counted(u, *args, **kwargs):
+        tries.append(u)
+        return real(u, *args, **kwargs)
+
+    monkeypatch.setattr(edsr.io.download, "fetch_url", counted)
+    t0 = time.monotonic()
+    assert main(["data", "download", "Down1", "Down2"]) == 1  # progress bars on, as by hand
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert tries == [url + "data/im0.png"]  # 80 files, one host: one try
+    assert took < 10, took
+    assert err.endswith("\n") and err.count("\n") == 3, err
+    lines = [line.rsplit("\r", 1)[-1] for line in err[:-1].split("\n")]  # past the bars' \r
+    for line, name in zip(lines, ("Down1", "Down2"), strict=False):
+        assert line.startswith(f"edsr: error: could not get 40 of 40 images of {name}: ")
+        assert f"cannot reach {host} (" in line and "http://" not in line  # the host, no URL
+        assert "--mirror URL" in line and f"{home / 'downloads' / name}" in line
+        assert "verified ones" not in line and "/HR" not in line  # nothing kept, none claimed
+        assert not (home / name).exists()
+    assert lines[2] == "edsr: error: 2 of 2 data sets not downloaded: Down1, Down2"
+
+
+def test_archives_on_a_host_down_are_tried_once_a_run(home, archive, monkeypatch, capsys):
+    import edsr.io.download
+
+    body, _ = archive
+    url = refused_url("/bench.tar")
+    a = _entry([url], body).archives
+    for name in ("ArcA", "ArcB"):
+        monkeypatch.setitem(DATASETS, name, DataSetEntry(name, "test", name, a))
+    tries: list[str] = []
+    real = edsr.io.download.fetch_url
+    monkeypatch.setattr(
+        edsr.io.download, "fetch_url", lambda u, *a, **k: tries.append(u) or real(u, *a, **k)
+    )
+    assert main(["data", "download", "ArcA", "ArcB", "--quiet"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert tries == [url] and len(lines) == 3
+    assert "could not download bench.tar for ArcA" in lines[0] and "connection refused" in lines[0]
+    assert "not tried: 127.0.0.1:" in lines[1] and "could not be reached" in lines[1]
+
+
+def _row(capsys, name: str) -> str:
+    capsys.readouterr()
+    assert main(["data", "list"]) == 0
+    return next(r for r in capsys.readouterr().out.splitlines() if r.startswith(name))
+
+
+def test_an_image_deleted_after_a_download_is_missing_and_fetched_again(
+    server, home, sources, monkeypatch, capsys
+):
+    monkeypatch.setitem(DATASETS, IMG, _image_entry(server.url("/repo/abc123/"), sources))
+    _serve(server, sources)
+    assert main(["data", "download", IMG, "--quiet"]) == 0
+    assert "present" in _row(capsys, IMG)
+    (home / IMG / "HR" / "bird.png").unlink()
+    assert "partial (2 of 3 images)" in _row(capsys, IMG)
+    with pytest.raises(EdsrError, match="only partly downloaded"):
+        find_data(IMG)
+    server.requests.clear()
+    assert main(["data", "download", IMG, "--quiet"]) == 0
+    assert server.paths == ["/repo/abc123/data/bird.bmp"]  # only the missing one
+    _check_images(home / IMG, sources)
+    assert "present" in _row(capsys, IMG)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_an_extracted_file_deleted_or_cut_is_missing_and_fetched_again(
+    server, home, archive, monkeypatch, capsys, damage
+):
+    body, images = archive
+    server.routes["/bench.tar"] = ("ok", body)
+    monkeypatch.setitem(DATASETS, SET, _entry([server.url("/bench.tar")], body))
+    assert main(["data", "download", SET, "--quiet"]) == 0
+    lr = home / SET / "LR_bicubic" / "X2" / "bx2.png"
+    if damage == "delete":
+        lr.unlink()
+    else:
+        lr.write_bytes(lr.read_bytes()[:100])
+    assert status(SET).state == "absent" and "absent" in _row(capsys, SET)
+    server.requests.clear()
+    assert main(["data", "download", SET, "--quiet"]) == 0
+    assert server.paths == ["/bench.tar"]
+    _check_extracted(home / SET, images)
+    assert status(SET).state == "present"

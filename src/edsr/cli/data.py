@@ -70,10 +70,13 @@ def _run_data_download(args: argparse.Namespace) -> int:
     from edsr.datasets import download_dataset, get_dataset
     from edsr.datasets.fetch import mirror_base, prepare_root
     from edsr.errors import EdsrError
+    from edsr.io.download import UnreachableHosts
 
     # What every name shares is checked once: a bad root or mirror is one line, not one a name;
-    # the root is made only when there is a set to put in it.
+    # the root is made only when there is a set to put in it; a host found down is not asked
+    # again for the next name.
     mirror = mirror_base(args.mirror)
+    hosts = UnreachableHosts()
     root = None
     failed: list[str] = []
     for name in args.names:  # each tried, whatever happened to the one before
@@ -92,6 +95,7 @@ def _run_data_download(args: argparse.Namespace) -> int:
                 keep_archives=args.keep_archives,
                 timeout=args.timeout,
                 mirror=mirror,
+                hosts=hosts,
             )
         except EdsrError as e:
             print(f"edsr: error: {e}", file=sys.stderr)

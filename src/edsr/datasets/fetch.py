@@ -5,9 +5,14 @@ copy placed by hand is used once it verifies. Extraction goes through the entry'
 into a staging folder under ``ROOT``, refusing links and any path that would land outside
 ``ROOT``; only when every member has been written are they moved into place, so a refused or
 damaged archive leaves nothing behind. Each finished archive is marked with
-``FOLDER/.edsr-ARCHIVE.json``: a data set is present when all its archives are marked. Sets
-published image by image are fetched by :mod:`edsr.datasets.images` and marked
-``FOLDER/.edsr-NAME.json`` once every image verifies.
+``FOLDER/.edsr-ARCHIVE.json``, which lists the files extracted and their sizes: a data set is
+present when all its archives are marked and every file they list is there with its size (so a
+file deleted since is fetched again). Sets published image by image are fetched by
+:mod:`edsr.datasets.images` and marked ``FOLDER/.edsr-NAME.json`` once every image verifies;
+they are present when every image is in place.
+
+A host that cannot be reached is tried once per run: the downloads of one run share an
+:class:`~edsr.io.download.UnreachableHosts`.
 
 A mirror (``--mirror`` or ``$EDSR_DATA_MIRROR``, an http(s) address) is tried before the
 published addresses: it holds each archive under its file name and each image of a set
@@ -39,7 +44,14 @@ from edsr.errors import EdsrError, one_line
 from edsr.io.atomic import STALE_TEMP_AGE, atomic_open, atomic_write, check_folder_writable
 from edsr.io.cache import edsr_home
 from edsr.io.datasets import find_dataset
-from edsr.io.download import DEFAULT_TIMEOUT, download, file_digest, offline, part_path
+from edsr.io.download import (
+    DEFAULT_TIMEOUT,
+    UnreachableHosts,
+    download,
+    file_digest,
+    offline,
+    part_path,
+)
 from edsr.validators import output_folder
 
 __all__ = [
@@ -145,6 +157,24 @@ def _mark(marker: Path, record: dict[str, object]) -> None:
         tmp.write_text(json.dumps(record) + "\n")
 
 
+def _archive_in_place(root: Path, entry: DataSetEntry, a: Archive) -> bool:
+    """True when ``a`` was extracted and every file its marker lists is still there, with the
+    size it had (a stat each, no hashing). A marker of an older version lists no files: it is
+    taken at its word."""
+    try:
+        record = json.loads(_marker(root, entry, a).read_text())
+    except (OSError, ValueError):
+        return False
+    sizes = record.get("sizes", {}) if isinstance(record, dict) else {}
+    for rel, size in sizes.items():
+        try:
+            if (root / rel).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Status:
     """What is on disk for a data set: ``state`` is present, partial, absent or by hand;
@@ -171,12 +201,12 @@ def status(entry: str | DataSetEntry, root: str | os.PathLike[str] | None = None
             return Status("by hand", 0, folder)
     if e.images is not None:
         done = images_on_disk(e, base)
-        # Every image in place is the set, fetched (the marker: each verified) or placed by
-        # hand, as a folder given with --data-root is; only a set with images missing is cut.
-        if _marker(base, e).is_file() or done == len(e.images.files):
+        # Every image in place is the set, fetched or placed by hand (as a folder given with
+        # --data-root is); one deleted since the download makes it a cut set again.
+        if done == len(e.images.files):
             return Status("present", done, folder)
         return Status("partial" if done else "absent", done, folder)
-    done = sum(_marker(base, e, a).is_file() for a in e.archives)
+    done = sum(_archive_in_place(base, e, a) for a in e.archives)
     state = "present" if done == len(e.archives) else "partial" if done else "absent"
     return Status(state, done, folder)
 
@@ -212,6 +242,7 @@ def _fetch_archive(
     mirror: str | None,
     progress: bool,
     timeout: float,
+    hosts: UnreachableHosts,
 ) -> None:
     placed = dest.is_file()
     if placed and _verifies(dest, a):
@@ -228,6 +259,7 @@ def _fetch_archive(
             timeout=timeout,
             progress=progress,
             max_bytes=_MAX_ARCHIVE,
+            hosts=hosts,
         )
         if not failures:
             return
@@ -304,9 +336,10 @@ def _remove_stale_staging(root: Path) -> None:
                 shutil.rmtree(d)
 
 
-def _extract(archive: Path, root: Path, a: Archive, *, progress: bool) -> int:
+def _extract(archive: Path, root: Path, a: Archive, *, progress: bool) -> dict[str, int]:
     """Extract ``a``'s members into a staging folder under ``root``, then move them into
-    place: a member refused or damaged anywhere in the archive leaves none behind."""
+    place: a member refused or damaged anywhere in the archive leaves none behind. Returns
+    each file placed (its path under ``root``, "/"-separated) with its size."""
     from tqdm import tqdm
 
     _remove_stale_staging(root)
@@ -356,7 +389,7 @@ def _extract(archive: Path, root: Path, a: Archive, *, progress: bool) -> int:
                 raise EdsrError(f"cannot put {out} in place: {one_line(e)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return len(placed)
+    return {out.relative_to(root).as_posix(): out.stat().st_size for _, out in placed}
 
 
 def _still_needed(root: Path, a: Archive, done: DataSetEntry) -> bool:
@@ -377,15 +410,18 @@ def download_dataset(
     keep_archives: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     mirror: str | None = None,
+    hosts: UnreachableHosts | None = None,
 ) -> Path:
     """Download, verify and extract data set ``name`` under ``root``; return its folder (what
     ``edsr train --train`` and ``edsr eval --data`` take).
 
-    Archives already extracted are skipped; an interrupted download resumes. Archives are
-    removed once extracted unless ``keep_archives`` or another catalogued set still needs
-    them (``benchmark.tar`` serves four). Offline (``$EDSR_OFFLINE``) or on a bad checksum,
-    an :class:`EdsrError` names the file, its address and where to put a copy by hand.
-    ``mirror`` (else ``$EDSR_DATA_MIRROR``) is an address tried first (see the module notes).
+    Archives already extracted, with every file still there, are skipped, as are images in
+    place; an interrupted download resumes. Archives are removed once extracted unless
+    ``keep_archives`` or another catalogued set still needs them (``benchmark.tar`` serves
+    four). Offline (``$EDSR_OFFLINE``) or on a bad checksum, an :class:`EdsrError` names the
+    file, its address and where to put a copy by hand. ``mirror`` (else ``$EDSR_DATA_MIRROR``)
+    is an address tried first (see the module notes). ``hosts``, shared by the calls of one
+    run, keeps a host that cannot be reached from being tried again (None: one per call).
     """
     e = get_dataset(name)
     if not (timeout > 0 and timeout < float("inf")):
@@ -398,21 +434,29 @@ def download_dataset(
         raise EdsrError(e.manual.format(folder=folder))
     where = mirror_base(mirror)
     prepare_root(base)
+    hosts = hosts if hosts is not None else UnreachableHosts()
     if e.images is not None:
         marker = _marker(base, e)
-        if not marker.is_file():
+        if not marker.is_file() or status(e, base).state != "present":
             n = fetch_images(
-                e, base, mirror=where, progress=progress, timeout=timeout, keep_files=keep_archives
+                e,
+                base,
+                mirror=where,
+                progress=progress,
+                timeout=timeout,
+                keep_files=keep_archives,
+                hosts=hosts,
             )
             _mark(marker, {"images": n, "checked": "pixels", "source": e.images.source})
     for a in e.archives:
-        marker = _marker(base, e, a)
-        if marker.is_file():
+        if _archive_in_place(base, e, a):
             continue
         archive = base / "downloads" / a.filename
-        _fetch_archive(e, a, archive, mirror=where, progress=progress, timeout=timeout)
-        n = _extract(archive, base, a, progress=progress)
-        _mark(marker, {"archive": a.filename, "files": n, "source": a.urls[0] if a.urls else None})
+        _fetch_archive(e, a, archive, mirror=where, progress=progress, timeout=timeout, hosts=hosts)
+        sizes = _extract(archive, base, a, progress=progress)
+        source = a.urls[0] if a.urls else None
+        record = {"archive": a.filename, "files": len(sizes), "sizes": sizes, "source": source}
+        _mark(_marker(base, e, a), record)
         if not keep_archives and not _still_needed(base, a, e):
             archive.unlink(missing_ok=True)
     find_dataset(folder)  # the layout the readers take, with images in it

@@ -21,7 +21,7 @@ import numpy as np
 from edsr.datasets.catalogue import DataSetEntry, ImageFile, ImageFiles
 from edsr.errors import EdsrError, ImageError, one_line
 from edsr.io.atomic import atomic_write
-from edsr.io.download import download, offline
+from edsr.io.download import UnreachableHosts, download, offline
 from edsr.io.image import Image, read_image, write_png
 
 __all__ = ["fetch_images", "images_on_disk", "pixel_digest"]
@@ -94,18 +94,21 @@ def _fetch_one(
     *,
     timeout: float,
     keep: bool,
-) -> str:
-    """Fetch and check one image; "" when it is in place, else why not (one line)."""
+    hosts: UnreachableHosts,
+) -> str | None:
+    """Fetch and check one image: None when it is in place, else why not in one line, or ""
+    when nothing but the network stood in the way (offline, or every host given up): that is
+    said once, for the whole set, not once per image."""
     reasons: list[str] = []
     if raw.is_file():  # placed by hand, or kept by --keep-archives
         image, why = _check(raw, f)
         if image is not None:
             _publish(raw, image, out, keep=keep)
-            return ""
+            return None
         reasons.append(f"{raw} ({why})")
-    if offline():
-        return f"{f.name}: EDSR_OFFLINE is set, so none of {', '.join(urls)} was tried"
-    for url in urls:
+    for url in [] if offline() else urls:
+        if hosts.why(url):
+            continue
         _, failures = download(
             [url],
             raw,
@@ -115,17 +118,19 @@ def _fetch_one(
             timeout=timeout,
             progress=False,
             max_bytes=_MAX_IMAGE,
+            hosts=hosts,
         )
         if failures:
-            reasons.extend(failures)
+            if not hosts.why(url):  # a host that cannot be reached is the set's failure
+                reasons.extend(failures)
             continue
         image, why = _check(raw, f)
         if image is not None:
             _publish(raw, image, out, keep=keep)
-            return ""
+            return None
         raw.unlink(missing_ok=True)  # wrong pixels: never kept, never continued
         reasons.append(f"{url} ({why})")
-    return f"{f.name}: {'; '.join(reasons)}"
+    return f"{f.name}: {'; '.join(reasons)}" if reasons else ""
 
 
 def fetch_images(
@@ -136,20 +141,25 @@ def fetch_images(
     progress: bool,
     timeout: float,
     keep_files: bool,
+    hosts: UnreachableHosts | None = None,
 ) -> int:
     """Put every image of ``entry`` in place under ``root``; return how many there are.
 
     Each image is taken from ``mirror`` (``MIRROR/FOLDER/FILE``) first, if given, then from
     the published addresses; a file already in ``root/downloads/FOLDER/`` is used when its
-    pixels verify. Images that fail are reported together, after all others were tried, in
-    one :class:`~edsr.errors.EdsrError`; the verified ones stay for the next run.
+    pixels verify. A host that cannot be reached is tried once (``hosts``, shared by a run's
+    downloads, remembers it), so a set whose host is down fails in about the time of one
+    address. Images that fail are reported together, after all others were tried, in one
+    :class:`~edsr.errors.EdsrError`; the verified ones stay for the next run.
     """
     from tqdm import tqdm
 
     spec = _spec(entry)
+    hosts = hosts if hosts is not None else UnreachableHosts()
     hr = _hr(root, entry)
     downloads = root / "downloads" / entry.folder
-    failed: list[str] = []
+    failed: list[str] = []  # images that failed for a reason of their own
+    missing = 0  # images not in place, for whatever reason
     with tqdm(
         spec.files,
         desc=entry.name,
@@ -165,21 +175,46 @@ def fetch_images(
             file = PurePosixPath(f.path).name
             urls = [f"{mirror}{entry.folder}/{file}"] if mirror else []
             urls += [base + f.path for base in spec.base_urls]
-            why = _fetch_one(f, out, downloads / file, urls, timeout=timeout, keep=keep_files)
+            why = _fetch_one(
+                f, out, downloads / file, urls, timeout=timeout, keep=keep_files, hosts=hosts
+            )
+            if why is None:
+                continue
+            missing += 1
             if why:
                 failed.append(why)
                 if progress:
                     bar.write(f"{entry.name}: {why}", file=sys.stderr)
-    n = len(spec.files)
-    if failed:
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise EdsrError(
-            f"could not get {len(failed)} of {n} images of {entry.name}: {failed[0]}{more}. "
-            f"The {n - len(failed)} verified ones are kept in {hr}: run `edsr data download "
-            f"{entry.name}` again for the rest, or place the files by hand in {downloads} "
-            "(they are checked by their decoded pixels)"
-        )
-    if not keep_files:
+    if not keep_files or missing:
         with contextlib.suppress(OSError):
             downloads.rmdir()  # only when empty: a .part file of another run stays
-    return n
+    if missing:
+        sources = ([mirror] if mirror else []) + list(spec.base_urls)
+        raise EdsrError(_not_fetched(entry, root, missing, failed, hosts.describe(sources)))
+    return len(spec.files)
+
+
+def _not_fetched(
+    entry: DataSetEntry, root: Path, missing: int, failed: list[str], dead: str
+) -> str:
+    """The one line for a set with ``missing`` images not in place: why (the network once,
+    else the first image's own reason), what is kept (only what is), and what to do."""
+    n = len(_spec(entry).files)
+    why = []
+    if failed:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        why.append(f"{failed[0]}{more}")
+    if offline():
+        why.append("EDSR_OFFLINE is set, so no address was tried")
+    elif dead:
+        why.append(f"cannot reach {dead}")
+    have = n - missing
+    kept = f" The {have} verified ones are in {_hr(root, entry)}." if have else ""
+    they = "one of them" if ";" in dead else "it"
+    when = f" once {they} can be reached" if dead and not offline() else ""
+    return (
+        f"could not get {missing} of {n} images of {entry.name}: {'; '.join(why)}.{kept} "
+        f"Run `edsr data download {entry.name}` again{when}, or with a mirror that holds "
+        f"them (--mirror URL), or place the files by hand in "
+        f"{root / 'downloads' / entry.folder} (they are checked by their decoded pixels)"
+    )

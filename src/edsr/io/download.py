@@ -7,7 +7,8 @@ every way it can go wrong. With ``resume``, bytes already in the file are kept a
 asked for the rest (``Range: bytes=N-``); a server that ignores the request answers 200 with
 the whole file, and the transfer starts over from byte 0. :func:`download` tries addresses in
 order and publishes a verified file atomically (``edsr.io.atomic``), so a file at its final
-path has always been checked.
+path has always been checked. A host that cannot be resolved or connected to is noted in an
+:class:`UnreachableHosts` the caller shares across a run, and not asked again in it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,10 +34,12 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Checksum",
     "FetchFailed",
+    "UnreachableHosts",
     "download",
     "fetch_url",
     "file_digest",
     "hash_matches",
+    "host_of",
     "offline",
     "part_path",
     "reason",
@@ -53,11 +57,39 @@ class FetchFailed(Exception):
     ``atomic_write`` does not mistake a network failure for a failure to write the file.
 
     ``discard``: the bytes written are wrong (a checksum mismatch, too many bytes), so a
-    partial file must not be continued."""
+    partial file must not be continued. ``unreachable``: no connection was made (the name did
+    not resolve, the connection was refused or timed out), so no other file of the host can be
+    fetched either."""
 
-    def __init__(self, message: str, *, discard: bool = False) -> None:
+    def __init__(self, message: str, *, discard: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.discard = discard
+        self.unreachable = unreachable
+
+
+def host_of(url: str) -> str:
+    """The ``host[:port]`` an address is fetched from, as it is written in it."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2] or url
+
+
+class UnreachableHosts:
+    """Hosts a run could not resolve or connect to, each with why: one shared by the downloads
+    of a run tries a dead host once, not once per file (291 files, 291 DNS failures)."""
+
+    def __init__(self) -> None:
+        self._why: dict[str, str] = {}
+
+    def why(self, url: str) -> str | None:
+        """Why ``url``'s host was given up in this run; None while it is not."""
+        return self._why.get(host_of(url))
+
+    def note(self, url: str, why: str) -> None:
+        self._why.setdefault(host_of(url), why)
+
+    def describe(self, urls: Sequence[str]) -> str:
+        """ "HOST (why); HOST2 (why)" for the given-up hosts among ``urls``, in their order."""
+        hosts = dict.fromkeys(host_of(u) for u in urls if self.why(u))
+        return "; ".join(f"{h} ({self._why[h]})" for h in hosts)
 
 
 @dataclass(frozen=True)
@@ -183,7 +215,11 @@ def fetch_url(
         else:
             raise FetchFailed(reason(e)) from None
         resp = None
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+    except urllib.error.URLError as e:
+        # urllib wraps in URLError the OSError of connecting and sending the request (DNS,
+        # refused, unreachable, connect timeout, TLS handshake): no connection to the host.
+        raise FetchFailed(reason(e), unreachable=isinstance(e.reason, OSError)) from None
+    except (http.client.HTTPException, OSError, ValueError) as e:
         raise FetchFailed(reason(e)) from None
     received = 0
     total: int | None = size
@@ -282,6 +318,7 @@ def download(
     progress: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
     retries: int = 2,
+    hosts: UnreachableHosts | None = None,
 ) -> tuple[Path, list[str]]:
     """Fetch ``dest`` from the first address of ``urls`` that gives the right file, resuming.
 
@@ -290,7 +327,8 @@ def download(
     rest up to ``retries`` times before the next address is tried. The verified file replaces
     ``dest`` atomically. Returns ``(dest, [])`` on success, else ``(dest, failures)`` with one
     ``"URL (reason)"`` per address tried (none when :func:`offline`): the caller words the
-    error, since it knows what the file is for.
+    error, since it knows what the file is for. An address whose host ``hosts`` has given up
+    is not tried (its failure says so); one that cannot be reached is noted there.
     """
     label = label or dest.name
     say = _say(progress)
@@ -300,6 +338,9 @@ def download(
         return dest, failures
     dest.parent.mkdir(parents=True, exist_ok=True)
     for url in urls:
+        if hosts is not None and (why := hosts.why(url)):
+            failures.append(f"{url} (not tried: {host_of(url)} could not be reached: {why})")
+            continue
         tries = 0
         while True:
             before = part.stat().st_size if part.is_file() else 0
@@ -317,6 +358,8 @@ def download(
                     say=say,
                 )
             except FetchFailed as err:
+                if err.unreachable and hosts is not None:
+                    hosts.note(url, str(err))
                 now = part.stat().st_size if part.is_file() else 0
                 if err.discard:
                     part.unlink(missing_ok=True)
