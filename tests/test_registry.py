@@ -1,6 +1,7 @@
 import dataclasses
 import importlib.util
 import json
+import re
 import shutil
 
 import pytest
@@ -26,6 +27,7 @@ from edsr.weights import (
     unregister,
 )
 from edsr.weights.entry import PROTOCOL_BENCHMARK, PROTOCOL_DIV2K
+from edsr.weights.registry import DEFAULT
 
 OFFICIAL = json.loads((DATA / "official_state_dict_keys.json").read_text())
 
@@ -261,13 +263,24 @@ def test_describe_lists_addresses_and_metrics():
     text = describe(REGISTRY["edsr-x4"])
     for url in REGISTRY["edsr-x4"].urls:
         assert url in text
-    assert 'res_scale": 0.1' in text and "29.25 dB" in text and "leading digits" in text
+    assert 'res_scale": 0.1' in text and "29.25 dB" in text
+    assert "sha256:      4f62e9ef (checked: the first 8 hex digits (32 bits) of the SHA-256" in text
 
 
 def test_cli_weights_list_and_info(capsys):
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in REGISTRY)
+    # sizes: bytes where the registry has them, else the words (never "?"); what is checked
+    rows = {r.split()[0]: re.split(r"\s{2,}", r) for r in out.splitlines()[1:-2]}
+    assert rows["edsr-x2"][6] == "size unknown" and "?" not in out
+    assert rows[DEFAULT][6] == f"{REGISTRY[DEFAULT].size / 2**20:.1f} MiB"
+    assert out.splitlines()[-1] == (
+        "Files are checked against the first 8 hex digits (32 bits) of the SHA-256, all that is "
+        "published (official); the full SHA-256 (trained here)"
+    )
+    assert main(["weights", "info", DEFAULT]) == 0
+    assert "(present; matches the full SHA-256)" in capsys.readouterr().out
     assert main(["weights", "list", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [d["name"] for d in data] == list(REGISTRY)

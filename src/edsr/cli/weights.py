@@ -13,7 +13,9 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
         "weights",
         help="list, download and import pretrained weights",
         description="The registry of known weights: each name can be given to --model, which "
-        "downloads it (hash-checked) into the cache ($EDSR_HOME, else the platform cache folder).",
+        "downloads it into the cache ($EDSR_HOME, else the platform cache folder), checked "
+        "against the first 8 hex digits (32 bits) of its SHA-256, all the authors publish (in "
+        "the file name); the bundled files are checked against their full SHA-256.",
     )
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     ls = wsub.add_parser("list", help="table of the known weights")
@@ -22,7 +24,11 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
     info = wsub.add_parser("info", help="every detail of one entry, and where its file is")
     info.add_argument("name", help="registry name, e.g. edsr-baseline-x2")
     info.set_defaults(func=_run_weights_info)
-    dl = wsub.add_parser("download", help="download and verify weights into the cache")
+    dl = wsub.add_parser(
+        "download",
+        help="download weights into the cache, checked against their published SHA-256 (for "
+        "the official files, its first 8 hex digits)",
+    )
     dl.add_argument("names", nargs="*", metavar="NAME", help="registry names")
     dl.add_argument("--all", action="store_true", help="every entry")
     dl.add_argument("--force", action="store_true", help="download again even if cached")
@@ -68,7 +74,7 @@ def _run_weights_info(args: argparse.Namespace) -> int:
 
     entry = get_entry(args.name)
     print(describe(entry))
-    state = "present and verified" if is_cached(entry) else "not downloaded"
+    state = f"present; matches {entry.hash_check}" if is_cached(entry) else "not downloaded"
     print(f"{'local file:':<13}{weights_path(entry)} ({state})")
     return 0
 

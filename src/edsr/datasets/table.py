@@ -11,13 +11,13 @@ __all__ = ["format_table"]
 
 
 def _size(entry: DataSetEntry) -> str:
+    """The download's bytes where the catalogue knows them all; T91 and BSD200 are fetched
+    image by image, and no size is published for those files or for the SNU archives."""
     if entry.manual is not None:
         return "-"
-    if entry.images is not None:
-        return "unpublished"
     sizes = [a.size for a in entry.archives]
-    if None in sizes:
-        return "unpublished"
+    if entry.images is not None or None in sizes:
+        return "size unknown"
     total = sum(s for s in sizes if s is not None)
     return f"{total / 2**30:.2f} GiB" if total >= 2**30 else f"{total / 2**20:.0f} MiB"
 

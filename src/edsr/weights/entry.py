@@ -118,6 +118,15 @@ class WeightsEntry:
         return len(self.sha256) == 64
 
     @property
+    def hash_check(self) -> str:
+        """What a file is checked against, exactly: the official files' names carry only the
+        first 8 hex digits of their SHA-256 (32 bits), all the authors publish."""
+        if self.full_hash:
+            return "the full SHA-256"
+        n = len(self.sha256)
+        return f"the first {n} hex digits ({4 * n} bits) of the SHA-256, all that is published"
+
+    @property
     def scale(self) -> int | None:
         """The only scale of an EDSR entry; None for multi-scale MDSR."""
         return self.scales[0] if self.arch == "edsr" else None

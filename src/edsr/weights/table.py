@@ -23,7 +23,7 @@ def _metric_text(e: WeightsEntry, dataset: str) -> str:
 
 
 def _size_text(n: int | None) -> str:
-    return "?" if n is None else f"{n / 2**20:.1f} MiB"
+    return "size unknown" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def format_table(
@@ -67,6 +67,13 @@ def format_table(
     lines.append(
         f"PSNR in dB. DIV2K: {PROTOCOL_DIV2K}; Set5: {PROTOCOL_BENCHMARK}; official rows "
         "published, trained-here rows measured. 'edsr weights info NAME' for the rest"
+    )
+    checks: dict[str, set[str]] = {}
+    for e in entries:
+        checks.setdefault(e.hash_check, set()).add(e.source)
+    lines.append(
+        "Files are checked against "
+        + "; ".join(f"{c} ({', '.join(sorted(s))})" for c, s in checks.items())
     )
     return "\n".join(lines)
 
@@ -156,8 +163,7 @@ def describe(entry: WeightsEntry) -> str:
         f"parameters:  {e.parameters:,} (learned; the fixed mean shifts left out)",
         f"file:        {e.filename}" + (f" (bundled: assets/{e.bundled})" if e.bundled else ""),
         f"size:        {'unknown' if e.size is None else f'{e.size:,} bytes'}",
-        f"sha256:      {e.sha256}"
-        + ("" if e.full_hash else " (leading digits; the full digest must start with them)"),
+        f"sha256:      {e.sha256} (checked: {e.hash_check})",
         f"license:     {e.license}",
         f"source:      {e.source}",
     ]
