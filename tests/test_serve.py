@@ -126,10 +126,16 @@ def test_models_lists_loaded_models_and_registry_with_psnr(server):
     assert by_id["tiny-mdsr"]["scales"] == [2, 3] and by_id["tiny-mdsr"]["arch"] == "mdsr"
     assert by_id["bicubic"]["scales"] == [2, 3]
     # every registry entry is listed, with its scales and its numbers
+    specs = " ".join(f"--model {m.spec}" for m in server.app.state.server.models)
     for entry in registry.REGISTRY.values():
         m = by_id[entry.name]
         assert m["loaded"] is False and m["scales"] == list(entry.scales)
         assert len(m["psnr"]) == len(entry.metrics)
+        # how to get it loaded: the models served now, and it
+        assert m["load_with"] == f"edsr serve {specs} --model {entry.name}"
+    assert "load_with" not in by_id["tiny-x2"] and "load_with" not in by_id["bicubic"]
+    # a field that does not apply is left out, not null
+    assert "precision" not in by_id["edsr-x2"] and by_id["tiny-x2"]["precision"]
     div2k = [p for p in by_id["edsr-baseline-x2"]["psnr"] if p["dataset"] == "DIV2K-val"]
     assert div2k[0]["psnr"] == pytest.approx(34.61) and div2k[0]["kind"] == "published"
     assert body["limits"]["max_upload_bytes"] == MAX_UPLOAD
@@ -155,6 +161,9 @@ def test_openapi_schema_lists_the_api_and_docs_are_served(server):
     upscale_body = paths["/v1/upscale"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upscale_body
     schemas = r.json()["components"]["schemas"]
+    listing = paths["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listing["schema"]["$ref"] == "#/components/schemas/ModelList"  # typed, not "object"
+    assert {"id", "loaded", "load_with", "psnr"} <= set(schemas["ModelInfo"]["properties"])
     fields = schemas["UpscaleOptions"]["properties"]
     assert {"model", "scale", "ensemble", "format", "job"} <= set(fields)
     assert schemas["OutputFormat"]["enum"] == ["png", "jpeg", "webp"]
@@ -336,6 +345,14 @@ def test_icc_profile_is_carried_to_the_result(server, fmt):
 )
 def test_bad_options_422(server, fields, needle):
     assert_error(post(server, png_bytes(rgb(8, 8)), **fields), 422, needle)
+
+
+def test_a_registry_model_not_loaded_is_answered_with_the_command_that_loads_it(server):
+    specs = " ".join(f"--model {m.spec}" for m in server.app.state.server.models)
+    command = f"edsr serve {specs} --model edsr-x2"
+    for asked in ("edsr-x2", "edsr_x2"):  # an alias gets the entry's name
+        body = assert_error(post(server, png_bytes(rgb(8, 8)), model=asked), 422, asked)
+        assert f"restart the server as `{command}`" in body["error"]
 
 
 def test_jpeg_cannot_hold_alpha(server):

@@ -49,7 +49,7 @@ from edsr.serve.middleware import (
     error_response,
     too_large,
 )
-from edsr.serve.models import BICUBIC, ServedModel, bicubic_scales, model_listing
+from edsr.serve.models import BICUBIC, ServedModel, bicubic_scales, load_command, model_listing
 from edsr.serve.worker import (
     Header,
     ImageRejected,
@@ -71,6 +71,60 @@ DOCS_ASSETS = "/docs/assets"
 
 class ErrorBody(BaseModel):
     error: str = Field(description="what went wrong, in one line")
+
+
+class PsnrRecord(BaseModel):
+    dataset: str
+    scale: int
+    psnr: float
+    ssim: float | None
+    protocol: str = Field(description="how it was measured: channel, border shaved, LR")
+    kind: str = Field(description="'published' (the authors' numbers) or 'measured' here")
+    self_ensemble: bool
+
+
+class ModelInfo(BaseModel):
+    """One model: a loaded one (with how it runs here), bicubic, or a registry entry this
+    server does not hold (with the command that would serve it). Fields that do not apply to
+    an entry are left out."""
+
+    id: str = Field(description="the name a request's 'model' gives")
+    loaded: bool = Field(description="whether this server can use it now")
+    default: bool
+    arch: str
+    scales: list[int]
+    default_scale: int
+    description: str
+    parameters: int | None = None
+    source: str | None = Field(None, description="'official', 'trained here' or 'file'")
+    license: str | None = None
+    registry_name: str | None = None
+    precision: str | None = Field(None, description="the compute path it runs (loaded only)")
+    device: str | None = None
+    n_resblocks: int | None = None
+    n_feats: int | None = None
+    load_with: str | None = Field(
+        None, description="for a model not loaded: the command that serves it beside these"
+    )
+    psnr: list[PsnrRecord] = Field(description="its scores on record")
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_pixels: int
+    timeout_s: float
+    upload_timeout_s: float
+    max_uploads: int
+    workers: int
+    queue: int
+    formats: list[str]
+    input_extensions: list[str]
+
+
+class ModelList(BaseModel):
+    default: str = Field(description="the model a request naming none gets")
+    models: list[ModelInfo]
+    limits: Limits
 
 
 _JOB_ID = r"^[A-Za-z0-9_-]{8,64}$"
@@ -232,7 +286,13 @@ class EdsrServer:
             model = self.by_id.get(name.lower())
             if model is None:
                 have = ", ".join([m.id for m in self.models] + [BICUBIC])
-                hint = " (known to the registry, but not loaded here)" if find_entry(name) else ""
+                entry = find_entry(name)
+                hint = ""
+                if entry is not None:  # a model is loaded when the server starts, not later
+                    hint = (
+                        f" (known to the registry, but not loaded here; to serve it, restart "
+                        f"the server as `{load_command(self.models, entry.name)}`)"
+                    )
                 raise ApiError(422, f"unknown model {name!r}{hint}; this server has: {have}")
         scales = model.scales if model is not None else self.bicubic_scales
         if o.scale is None:
@@ -444,15 +504,19 @@ def create_app(
         query parameters)."""
         return await server.upscale(request, options, image)
 
-    @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
+    # exclude_unset: a field that does not apply to a model is left out, not sent as null
+    @app.get("/v1/models", response_model_exclude_unset=True)
+    async def list_models() -> ModelList:
         """The loaded models (the first is the default), bicubic, and the registry's others,
-        with their PSNR on record; and this server's limits."""
-        return {
-            "default": server.models[0].id,
-            "models": model_listing(server.models),
-            "limits": server.limits(),
-        }
+        with their PSNR on record and, for those not loaded, the command that serves them;
+        and this server's limits."""
+        return ModelList.model_validate(
+            {
+                "default": server.models[0].id,
+                "models": model_listing(server.models),
+                "limits": server.limits(),
+            }
+        )
 
     @app.get("/v1/progress/{job}", responses={404: {"model": ErrorBody}})
     async def progress(job: str) -> JSONResponse:

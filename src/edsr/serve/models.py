@@ -3,6 +3,7 @@ the weights registry knows) for ``GET /v1/models`` and the page."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,16 @@ def load_models(
     return served
 
 
+def load_command(models: Sequence[ServedModel], name: str) -> str:
+    """The command that serves registry entry ``name`` beside the models served now: one
+    ``--model`` each, as they were given, the new one last (the first stays the default)."""
+    specs = dict.fromkeys([m.spec for m in models] + [name])
+    return "edsr serve " + " ".join(f"--model {shlex.quote(s)}" for s in specs)
+
+
 def model_listing(models: Sequence[ServedModel]) -> list[dict[str, Any]]:
-    """The served models (the first is the default), bicubic, then the registry's others."""
+    """The served models (the first is the default), bicubic, then the registry's others, each
+    with the command that would serve it (``load_with``)."""
     out = [_model_info(m.id, m.entry, m.model, loaded=True, default=i == 0)
            for i, m in enumerate(models)]  # fmt: skip
     out.append(
@@ -99,7 +108,8 @@ def model_listing(models: Sequence[ServedModel]) -> list[dict[str, Any]]:
     loaded = {id(m.entry) for m in models if m.entry is not None}
     for e in registry.REGISTRY.values():
         if id(e) not in loaded:
-            out.append(_model_info(e.name, e, None, loaded=False, default=False))
+            info = _model_info(e.name, e, None, loaded=False, default=False)
+            out.append({**info, "load_with": load_command(models, e.name)})
     return out
 
 
