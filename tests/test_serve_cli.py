@@ -72,6 +72,39 @@ def test_cli_errors_are_one_line(capsys, tiny, tmp_path):
     assert err.count("\n") == 1 and "cannot listen" in err and "--port" in err
 
 
+def test_a_busy_port_is_refused_before_any_model_loads(capsys, monkeypatch):
+    import socket
+
+    import edsr.serve.run
+    from edsr.errors import EdsrError
+    from local_server import free_port
+
+    loads: list[object] = []
+
+    def load_models(*args, **kwargs):
+        loads.append(args)
+        raise EdsrError("no model here")
+
+    monkeypatch.setattr(edsr.serve.run, "load_models", load_models)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1  # the default models, were it free
+    err = capsys.readouterr().err
+    assert err == (
+        f"edsr: error: cannot listen on 127.0.0.1:{port} (Address already in use); is another "
+        "server using it? choose another --port\n"
+    )
+    assert loads == []  # said before loading, not after
+    # a free port is taken first, then the models load; a failure there gives the port back
+    port = free_port()
+    assert main(["serve", "--port", str(port)]) == 1
+    assert capsys.readouterr().err == "edsr: error: no model here\n" and len(loads) == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
 def test_load_test_script(tmp_path, tiny):
     """The load test on 127.0.0.1, small: concurrent uploads, some bad, and clients that send
     half an upload and wait; every answer is the right one or a 503, the half-sent uploads are

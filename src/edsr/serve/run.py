@@ -1,4 +1,5 @@
-"""Running the app with uvicorn on a socket bound here, so a busy port is a one-line error."""
+"""Running the app with uvicorn on a socket bound here, so a busy port is a one-line error,
+said before any model is loaded."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (0 picks a free port)."""
+def bind(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0 picks a free port); with ``listen``
+    False, bound only (the port taken, connections refused) until :func:`listen` is called."""
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -46,15 +48,29 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
-        sock.listen(128)
     except OSError as e:
         sock.close()
-        raise EdsrError(
-            f"cannot listen on {host}:{port} ({e.strerror}); is another server using it? "
-            "choose another --port"
-        ) from None
+        raise _cannot_listen(host, port, e) from None
     sock.set_inheritable(True)
+    if listen:
+        start_listening(sock, host, port)
     return sock
+
+
+def start_listening(sock: socket.socket, host: str, port: int) -> None:
+    """Accept connections on ``sock``, made by :func:`bind`; closed on failure."""
+    try:
+        sock.listen(128)
+    except OSError as e:  # another socket bound with SO_REUSEADDR got there first
+        sock.close()
+        raise _cannot_listen(host, port, e) from None
+
+
+def _cannot_listen(host: str, port: int, e: OSError) -> EdsrError:
+    return EdsrError(
+        f"cannot listen on {host}:{port} ({e.strerror}); is another server using it? "
+        "choose another --port"
+    )
 
 
 def serve(
@@ -77,11 +93,18 @@ def serve(
         os.environ[MAX_PIXELS_ENV] = str(config.max_pixels)
     if is_loopback(host) and config.allowed_hosts is None:
         config = dataclasses.replace(config, allowed_hosts=LOOPBACK_NAMES)
-    served = load_models(
-        models, device=device, precision=precision, run_torchscript_code=run_torchscript_code
-    )
-    app = create_app(served, config, route=not models)  # no --model: the default route
-    sock = bind(host, port)
+    # The port is taken before the models load (seconds to minutes), so a busy one or a bad
+    # --host is said at once; it accepts connections only once there is a server to answer.
+    sock = bind(host, port, listen=False)
+    try:
+        served = load_models(
+            models, device=device, precision=precision, run_torchscript_code=run_torchscript_code
+        )
+        app = create_app(served, config, route=not models)  # no --model: the default route
+        start_listening(sock, host, port)
+    except BaseException:
+        sock.close()
+        raise
     real_port = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
     names = ", ".join(m.id for m in served)
