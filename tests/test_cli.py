@@ -409,3 +409,30 @@ def test_eval_without_scale_scores_the_models_scales(capsys):
     assert main(["eval", "--model", "bicubic", "--data", str(DATA / "Set5"), "--quiet"]) == 0
     rows = [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]]
     assert rows == ["x2", "x3", "x4"]
+
+
+def _subcommands(parser, path=("edsr",)):
+    """(words, parser, listed help) for every subcommand at every level of the CLI."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield (*path, name), sub, helps.get(name)
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_every_subcommand_has_a_description(capsys):
+    """`edsr data list --help` and the like open with what the command does, as the list of
+    commands above it says it (the help line), or more."""
+    from edsr.cli import build_parser
+
+    found = list(_subcommands(build_parser()))
+    words = {" ".join(w) for w, _, _ in found}
+    assert {"edsr data", "edsr data list", "edsr weights download", "edsr serve"} <= words
+    for w, sub, listed in found:
+        assert listed and sub.description and sub.description.strip(), w
+    with pytest.raises(SystemExit):
+        main(["data", "list", "--help"])
+    assert "the known data sets and which are on disk" in capsys.readouterr().out

@@ -19,8 +19,23 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class _Commands(argparse._SubParsersAction):
+    """Subcommands whose ``--help`` opens with a description: the help line they are listed
+    with, where no longer one is given."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if not kwargs.get("description"):
+            kwargs["description"] = kwargs.get("help")
+        return super().add_parser(name, **kwargs)
+
+
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, with where to look, instead of the full usage block."""
+    """Usage errors in one line, with where to look, instead of the full usage block; every
+    subcommand described (:class:`_Commands`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
