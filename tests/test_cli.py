@@ -78,7 +78,9 @@ def test_upscale_modes_and_no_overwrite(tmp_path, x2_model, capsys):
     assert Image.open(out / "photo_x2.png").size == (18, 14)
     before = (out / "gray_x2.png").read_bytes()
     code, _, err = run(["upscale", src, "-o", out, "--model", x2_model, "--quiet"], capsys)
-    assert code == 1 and "already exists; pass --overwrite" in err and err.count("\n") == 1
+    assert code == 1 and err.count("\n") == 1
+    assert "and 3 more outputs already exist; pass --skip-existing to leave them" in err
+    assert "or --overwrite to redo them" in err
     assert (out / "gray_x2.png").read_bytes() == before
     code, _, err = run(
         ["upscale", src, "-o", out, "--model", x2_model, "--quiet", "--overwrite"], capsys

@@ -99,7 +99,7 @@ def test_upscale_over_two_ranks_equals_one_process(tmp_path, images, tiny_model)
     two = run(torchrun_cmd(*args), tmp_path / "two")
     assert one.returncode == two.returncode == 1, two.stderr[-3000:]  # the unreadable file
     want = sorted(p.name for p in (tmp_path / "one" / "out").iterdir())
-    assert want == [f"{n}_x2.png" for n in NAMES]
+    assert want == [".edsr-upscale.json", *(f"{n}_x2.png" for n in NAMES)]
     assert sorted(p.name for p in (tmp_path / "two" / "out").iterdir()) == want
     for name in want:
         a = (tmp_path / "one" / "out" / name).read_bytes()

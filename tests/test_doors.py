@@ -43,7 +43,7 @@ def _cli(lr_png, out, capsys, *extra):
     code = main(["upscale", str(lr_png), "-o", str(out), "--quiet", *extra])
     _, err = capsys.readouterr()
     assert code == 0, err
-    (written,) = out.iterdir()
+    (written,) = out.glob("*.png")
     return written.name, np.asarray(Image.open(written))
 
 

@@ -213,7 +213,7 @@ def test_batch_survives_bad_files_and_resumes_with_skip_existing(tmp_path, model
     assert len(again.skipped_existing) == 4 and [p.name for p, _ in again.failed] == [
         "dangling.png"
     ]
-    with pytest.raises(EdsrError, match="already exists; pass --overwrite"):
+    with pytest.raises(EdsrError, match="and 4 more outputs already exist; pass --skip-existing"):
         upscale_files([src], out, model, progress=False)
 
 

@@ -5,6 +5,10 @@ and again after the input changed, and each run's outputs are exactly what a cle
 import errno
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -104,7 +108,7 @@ def test_upscale_cli_rerun_into_the_input_folder_writes_nothing_new(tmp_path, ca
     argv = ["upscale", str(d), "-o", str(d / "out"), "--scale", "2", "--quiet"]
     assert main(argv) == 0
     assert main([*argv, "--skip-existing"]) == 0
-    assert sorted(_tree(d)) == ["ok.png", "out/ok_x2.png"]
+    assert sorted(_tree(d)) == ["ok.png", "out/.edsr-upscale.json", "out/ok_x2.png"]
     assert read_image(d / "out" / "ok_x2.png").pixels.shape == (24, 32, 3)
 
 
@@ -241,3 +245,218 @@ def test_eval_never_scores_the_images_it_saved(tmp_path, save_name):
     assert runs[0]["results"][0]["per_image"] == runs[1]["results"][0]["per_image"]
     saved = sorted(k for k in _tree(save) if k.endswith("_x2.png"))
     assert saved == ["flat/x2/baby_x2.png", "flat/x2/bird_x2.png"]
+
+
+# A folder remembers its job (edsr.inference.job): a re-run with options left out continues
+# it, one with an option that differs is refused before any model is loaded.
+
+
+@pytest.fixture(scope="module")
+def mdsr_files(tmp_path_factory):
+    """Two small MDSR x2/x3 checkpoint files with different weights."""
+    from edsr.models import MDSR
+    from edsr.weights import save_model
+    from sr_helpers import random_weights
+
+    d = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed in (0, 1):
+        m = random_weights(MDSR(scales=(2, 3), n_resblocks=2, n_feats=16), 0.03, seed=seed)
+        paths.append(save_model(m, d / f"m{seed}.safetensors"))
+    return paths
+
+
+def _holiday(tmp_path, n=3):
+    d = tmp_path / "holiday"
+    for i, name in enumerate(("bird", "baby", "head", "woman", "butterfly")[:n]):
+        _crop(name, (i, i, i + 20, i + 16), d / f"{name}.png")
+    return d
+
+
+def _pngs(folder):
+    return sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
+
+
+def test_a_rerun_with_options_left_out_continues_the_folders_job(tmp_path, mdsr_files, capsys):
+    """The report's case: a job x3 with a named model, stopped (one output missing), then the
+    short command with --skip-existing: x3 with that model, said on one line; no *_x4.png."""
+    d, out = _holiday(tmp_path), tmp_path / "big"
+    model = str(mdsr_files[0])
+    assert main(["upscale", str(d), "-o", str(out), "--model", model, "--scale", "3",
+                 "--quiet"]) == 0  # fmt: skip
+    first = (out / "baby_x3.png").read_bytes()
+    (out / "baby_x3.png").unlink()  # as if stopped before it was written
+    capsys.readouterr()
+    assert main(["upscale", str(d), "-o", str(out), "--skip-existing"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"edsr: continuing the job recorded in {out} (model {model}, x3); 2 of 3 done"
+        in err.splitlines()
+    ), err
+    assert _pngs(out) == ["baby_x3.png", "bird_x3.png", "head_x3.png"]
+    assert (out / "baby_x3.png").read_bytes() == first  # the same model made it
+
+
+def test_an_option_given_that_differs_from_the_folders_job_is_refused(tmp_path, mdsr_files, capsys):
+    """Each differing option is one line naming both settings and the two ways on; nothing
+    is written. --overwrite starts over, with a new record."""
+    d, out = _holiday(tmp_path), tmp_path / "big"
+    model = tmp_path / "m.safetensors"
+    shutil.copy(mdsr_files[0], model)
+    base = ["upscale", str(d), "-o", str(out), "--quiet"]
+    assert main([*base, "--model", str(model), "--scale", "3"]) == 0
+    before = _tree(out)
+    capsys.readouterr()
+
+    def refused(*extra):
+        assert main([*base, *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("edsr: error: "), err
+        assert _tree(out) == before
+        return err
+
+    err = refused("--scale", "2", "--skip-existing")
+    assert f"{out} holds a job run with --scale 3 (.edsr-upscale.json); this one has " in err
+    assert "--scale 2: pass --overwrite to start over, or leave out --scale to continue" in err
+    err = refused("--model", str(mdsr_files[1]))
+    assert f"with --model {model} " in err and f"has --model {mdsr_files[1]}:" in err
+    err = refused("--precision", "bf16", "--ensemble")
+    assert "with --precision auto, no --ensemble (" in err
+    assert "has --precision bf16, --ensemble: " in err
+    assert "leave out --precision and --ensemble to continue" in err
+    # the checkpoint replaced under the same name is another model: not continued with
+    shutil.copy(mdsr_files[1], model)
+    err = refused("--skip-existing")
+    assert f"{model} has changed since the job in {out} started (sha256 " in err
+
+    assert main([*base, "--model", str(model), "--scale", "2", "--overwrite"]) == 0
+    assert _pngs(out) == sorted([f"{n}_x{s}.png" for n in ("baby", "bird", "head") for s in (2, 3)])
+    capsys.readouterr()
+    assert main([*base, "--skip-existing"]) == 0  # continues the new job: x2
+    assert _pngs(out) == sorted([f"{n}_x{s}.png" for n in ("baby", "bird", "head") for s in (2, 3)])
+
+
+def test_the_library_records_the_job_it_is_given_and_refuses_another(tmp_path, model):
+    """upscale_files(job=...) is the CLI's check: the record is written when the job starts,
+    another job into that folder is refused unless overwrite; without job, nothing is kept."""
+    from edsr.inference.job import JOB_FILE, FolderJob, read_job
+
+    d, out = _holiday(tmp_path, 2), tmp_path / "o"
+    job = FolderJob(model="a.pt", sha256="ab" * 32, precision="fp32")
+    upscale_files([d], out, model, job=job, progress=False)
+    assert read_job(out) == FolderJob(model="a.pt", sha256="ab" * 32, scale=2, precision="fp32")
+    other = FolderJob(model="b.pt", sha256="cd" * 32, precision="fp32")
+    with pytest.raises(EdsrError, match=r"holds a job run with --model a.pt .* --model b.pt:"):
+        upscale_files([d], out, model, job=other, skip_existing=True, progress=False)
+    # the same file under another name is the same model
+    same = FolderJob(model="./a.pt", sha256="ab" * 32, precision="fp32")
+    again = upscale_files([d], out, model, job=same, skip_existing=True, progress=False)
+    assert len(again.skipped_existing) == 2
+    upscale_files([d], out, model, job=other, overwrite=True, progress=False)
+    assert read_job(out).model == "b.pt"
+    plain = tmp_path / "plain"
+    upscale_files([d], plain, model, progress=False)
+    assert not (plain / JOB_FILE).exists()
+
+
+def _slow_cli(argv):
+    """`edsr` in a subprocess whose images each take half a second more."""
+    code = (
+        "import sys, time\n"
+        "import edsr.inference.files as f\n"
+        "real = f.upscale_image_file\n"
+        "def slow(*a, **k):\n"
+        "    time.sleep(0.5)\n"
+        "    return real(*a, **k)\n"
+        "f.upscale_image_file = slow\n"
+        "from edsr.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, argv)], stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stopped_folder_job_says_how_far_it_got_and_how_to_finish(tmp_path, mdsr_files, sig):
+    """SIGTERM (or Ctrl-C) after the first outputs: the last line counts what is done and
+    names --skip-existing; that command, short, finishes the job with the same settings."""
+    d, out = _holiday(tmp_path, 5), tmp_path / "big"
+    argv = ["upscale", d, "-o", out, "--model", mdsr_files[0], "--scale", "3", "--quiet"]
+    proc = _slow_cli(argv)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("*_x3.png"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=60)[1]
+    done = len(list(out.glob("*_x3.png")))
+    assert proc.returncode == (143 if sig == signal.SIGTERM else 130), err
+    assert 2 <= done < 5
+    assert err.splitlines()[-1] == (
+        f"edsr: stopped after {done} of 5 images; run the same command with --skip-existing "
+        "to finish"
+    )
+    again = subprocess.run(
+        [sys.executable, "-m", "edsr", "upscale", d, "-o", out, "--skip-existing"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"(model {mdsr_files[0]}, x3); {done} of 5 done" in again.stderr
+    assert len(_pngs(out)) == 5 and all(n.endswith("_x3.png") for n in _pngs(out))
+
+
+def test_the_stopped_line_follows_the_command_given(tmp_path, model, monkeypatch, capsys):
+    """Stopped under --skip-existing: run it again; under --overwrite: --skip-existing in its
+    place (the same command would redo what is done). One image alone: as before."""
+    import edsr.inference.files as files
+    from edsr.errors import Terminated
+
+    d, out = _holiday(tmp_path, 4), tmp_path / "o"
+    calls = []
+    real = files.upscale_image_file
+
+    def stop_at_third(*a, **k):
+        calls.append(a[0])
+        if len(calls) == 3:
+            raise Terminated
+        return real(*a, **k)
+
+    monkeypatch.setattr(files, "upscale_image_file", stop_at_third)
+    for options, how in [
+        ({}, "with --skip-existing"),
+        ({"skip_existing": True}, "again"),
+        ({"overwrite": True}, "with --skip-existing in place of --overwrite"),
+    ]:
+        calls.clear()
+        out = tmp_path / f"o{len(options)}{sorted(options)}"
+        with pytest.raises(Terminated) as e:
+            upscale_files([d], out, model, progress=False, **options)
+        assert str(e.value) == f"stopped after 2 of 4 images; run the same command {how} to finish"
+    calls[:] = [0, 0]
+    with pytest.raises(Terminated, match=r"^$"):
+        upscale_files([d / "bird.png"], tmp_path / "one", model, progress=False)
+    assert not (tmp_path / "one").exists()  # a job that wrote nothing leaves nothing
+
+
+def test_already_exists_names_both_ways_on(tmp_path, mdsr_files, capsys):
+    d, out = _holiday(tmp_path), tmp_path / "big"
+    argv = ["upscale", str(d), "-o", str(out), "--model", str(mdsr_files[0]), "--scale", "2",
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    (out / "head_x2.png").unlink()
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"edsr: error: {out / 'baby_x2.png'} and 1 more outputs already exist; pass "
+        "--skip-existing to leave them and finish the rest, or --overwrite to redo them\n"
+    )
+    one = tmp_path / "one.png"
+    one.write_bytes(b"x")
+    assert main(["upscale", str(d / "bird.png"), "-o", str(one), "--model", str(mdsr_files[0]),
+                 "--quiet"]) == 1  # fmt: skip
+    assert capsys.readouterr().err == (
+        f"edsr: error: {one} already exists; pass --skip-existing to leave it and go on, or "
+        "--overwrite to replace it\n"
+    )

@@ -28,7 +28,8 @@ from edsr.degrade import CLEAN, Degradation, parse_degradation
 from edsr.errors import EdsrError, ImageError
 from edsr.inference import describe, ensemble_forward, sr_forward
 from edsr.inference.distributed import SINGLE, Ranks
-from edsr.inference.precision import InferenceModel, prepare_model
+from edsr.inference.precision import InferenceModel, prepare_model, unwrap
+from edsr.io.atomic import check_writable
 from edsr.io.datasets import DataSet, Skip, find_dataset, own_outputs
 from edsr.io.image import read_image, to_8bit, write_png
 from edsr.metrics import SSIM_WINDOW, psnr, ssim
@@ -36,6 +37,8 @@ from edsr.models import SRModel
 from edsr.resize import bicubic_lr, imresize, mod_crop
 from edsr.runtimes import ExportedModel
 from edsr.validators import int_in_range
+from edsr.version import __version__
+from edsr.weights import source_of
 
 BICUBIC = "bicubic"
 
@@ -66,6 +69,32 @@ def saved_images(save_images: str | os.PathLike[str]) -> Skip:
         return m is not None and parts[2].endswith(f"_x{m.group(1)}.png")
 
     return own_outputs(save_images, written)
+
+
+def saved_image(
+    save_images: str | os.PathLike[str], evalset: DataSet, hr: Path, scale: int
+) -> Path:
+    """Where ``--save-images`` writes the output for ``hr`` at ``scale`` (:func:`saved_images`)."""
+    return Path(save_images) / evalset.name / f"x{scale}" / f"{hr.stem}_x{scale}.png"
+
+
+def check_saved_images(
+    save_images: str | os.PathLike[str] | None,
+    sets: Sequence[DataSet],
+    scales: Sequence[int],
+    *,
+    overwrite: bool,
+) -> None:
+    """Refuse, before any model is loaded or image scored, a ``--save-images`` file that
+    exists without ``overwrite``: the run would otherwise stop at it, its work lost."""
+    if save_images is None or overwrite:
+        return
+    for evalset in sets:
+        for scale in scales:
+            for hr in evalset.hr_files:
+                dst = saved_image(save_images, evalset, hr, scale)
+                if os.path.lexists(dst):
+                    check_writable(dst, overwrite=False)
 
 
 def default_protocol(
@@ -155,9 +184,12 @@ def evaluate(
     An unreadable image is reported on stderr (one line), left out of the means and listed
     under ``"skipped"``; a data set with no readable image at all is an :class:`EdsrError`.
 
-    Returns ``{"model", "protocol": {...}, "self_ensemble", "results": [{"dataset", "scale",
-    "psnr", "ssim", "images", "skipped", "seconds", "protocol", "per_image": [...]}],
-    "skipped": [{"dataset", "image", "error"}]}``, the structure ``--json`` writes.
+    Returns ``{"model", "model_sha256", "architecture", "precision", "edsr_version",
+    "protocol": {...}, "self_ensemble", "results": [{"dataset", "scale", "degradation", "psnr",
+    "ssim", "images", "skipped", "seconds", "protocol", "per_image": [...]}], "skipped":
+    [{"dataset", "image", "error"}]}``, the structure ``--json`` writes. ``model`` is the
+    registry name or the file as :func:`~edsr.weights.load_model` was given it
+    (:func:`~edsr.weights.source_of`), ``"bicubic"``, or None for a model built in Python.
 
     ``ranks`` (from :func:`edsr.inference.distributed.join` under torchrun) splits each data
     set's images over the processes (:meth:`~edsr.inference.distributed.Ranks.shard`), each
@@ -183,6 +215,7 @@ def evaluate(
         int_in_range(shave, "shave", minimum=0)
     if ensemble and isinstance(model, str):
         raise EdsrError("--ensemble needs a trained model; bicubic has no ensemble")
+    source = None if isinstance(model, str) else source_of(unwrap(model))
     if not isinstance(model, str):
         info = describe(model)
         bad = [s for s in scales if s not in info.scales]
@@ -200,6 +233,7 @@ def evaluate(
     for evalset in sets:  # before any work: a mixed LR protocol is refused, not averaged
         for scale in scales:
             evalset.check_lr(scale)
+    check_saved_images(save_images, sets, scales, overwrite=overwrite)
     results = []
     skipped: list[dict[str, str]] = []
     for evalset in sets:
@@ -257,9 +291,15 @@ def evaluate(
                 }
             )
     return {
-        "model": model if isinstance(model, str) else model.config(),
+        # Which model, so that two reports can be told apart: the registry name or the file as
+        # given, and its SHA-256 (the registry's hash for an entry); None for a model that was
+        # not loaded from a name or a file (built in Python).
+        "model": model if isinstance(model, str) else (source.name if source else None),
+        "model_sha256": source.sha256 if source else None,
+        "architecture": None if isinstance(model, str) else model.config(),
         # what computed the outputs: fp32 is the published protocol's (bicubic: exact)
         "precision": model.precision if isinstance(model, InferenceModel) else "fp32",
+        "edsr_version": __version__,
         "protocol": {
             "lr": "MATLAB bicubic (antialiased Keys a=-0.5) of HR cropped to a multiple of the "
             "scale, or the data set's LR_bicubic images",
@@ -321,16 +361,22 @@ def _score_share(
         s = float(ssim(sr, hr, **kw)[0])
         out.append((i, {"image": hr_path.name, "psnr": p, "ssim": s}))
         if save_images is not None:
-            name = f"{hr_path.stem}_x{scale}.png"
-            dst = Path(save_images) / evalset.name / f"x{scale}" / name
+            dst = saved_image(save_images, evalset, hr_path, scale)
             write_png(dst, sr.permute(1, 2, 0).numpy(), overwrite=overwrite)
     return out
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The results as a text table; a last line names the images that could not be read."""
+    """The results as a text table, its header naming the model (and the first 8 hex digits of
+    its SHA-256) and precision; a last line names the images that could not be read."""
     head = f"{'dataset':<12} {'scale':>5} {'PSNR':>9} {'SSIM':>8} {'images':>6} {'seconds':>8}"
-    rows = [f"{head}  protocol"]
+    name = report.get("model")
+    name = name if isinstance(name, str) else "a model built in Python"
+    digest = report.get("model_sha256")
+    which = f"{name} (sha256 {digest[:8]})" if digest else name
+    if name != BICUBIC:
+        which += f", {report.get('precision', 'fp32')}"
+    rows = [f"{head}  protocol  [{which}]"]
     for r in report["results"]:
         p = r["protocol"]
         proto = f"{'Y' if p['y_channel'] else 'RGB'}, shave {p['shave']}"

@@ -78,11 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdsrError as e:
         print(f"edsr: error: {e}", file=sys.stderr)
         return 1
-    except Terminated:
-        print("edsr: terminated", file=sys.stderr)
+    except Terminated as e:
+        # a stopped job says how far it got and how to finish (upscale_files); else this
+        print(f"edsr: {str(e) or 'terminated'}", file=sys.stderr)
         return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("edsr: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"edsr: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`edsr weights list | head`): stop quietly, as Unix tools do.

@@ -106,22 +106,40 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from edsr.evaluate import BICUBIC, discover, evaluate, format_table
+    from edsr.evaluate import (
+        BICUBIC,
+        check_saved_images,
+        discover,
+        evaluate,
+        format_table,
+        saved_images,
+    )
     from edsr.inference import describe
     from edsr.inference.distributed import Ranks
     from edsr.io.atomic import atomic_write, check_writable
     from edsr.models import SRModel
     from edsr.runtimes import ExportedModel
-    from edsr.weights import default_model, get_entry, load_model
+    from edsr.weights import default_model, get_entry, load_model, model_source
 
-    for d in args.data:  # a missing or empty data set is said before any download or load
-        discover(d)
+    # What can be refused without a model is refused before any download or load: a missing
+    # or empty data set, an unknown model name, an existing --json or --save-images file.
+    skip = saved_images(args.save_images) if args.save_images is not None else None
+    sets = [discover(d, skip=skip) for d in args.data]
+    if args.json_path:
+        check_writable(Path(args.json_path), overwrite=args.overwrite)
+    # bicubic is scored where the default model is, for the table beside it; a file's scales
+    # are known once it is loaded (evaluate checks its --save-images files then, still first)
+    known = args.scale or (
+        get_entry(default_model()).scales
+        if args.model == BICUBIC
+        else model_source(args.model).scales
+    )
+    if known:
+        check_saved_images(args.save_images, sets, known, overwrite=args.overwrite)
 
     # Under torchrun each rank scores its share of the images; rank 0 prints the table and
     # writes --json for all, and its exit status is the command's.
     def work(ranks: Ranks) -> dict:
-        if args.json_path:
-            ranks.from_main(lambda: check_writable(Path(args.json_path), overwrite=args.overwrite))
         model: SRModel | ExportedModel | str = BICUBIC
         if args.model != BICUBIC:
             model = ranks.check(
@@ -133,12 +151,10 @@ def _run_eval(args: argparse.Namespace) -> int:
                 ),
                 main_first=True,  # a download into the cache happens once
             )
-        # bicubic is scored where the default model is, for the table beside it
-        scales = args.scale or (
-            describe(model).scales
-            if not isinstance(model, str)
-            else get_entry(default_model()).scales
-        )
+        scales = args.scale or known
+        if not scales:
+            assert not isinstance(model, str)  # bicubic's scales are known
+            scales = describe(model).scales
         return evaluate(
             model,
             args.data,

@@ -104,35 +104,76 @@ def add_upscale(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from edsr.inference import BatchResult, Model, upscale_files
     from edsr.inference.distributed import Ranks
+    from edsr.inference.files import plan_outputs, writes_folder
+    from edsr.inference.job import FolderJob, check_continues, read_job
     from edsr.io.datasets import find_images
     from edsr.route import Router
-    from edsr.weights import load_model
+    from edsr.weights import load_model, model_source
 
-    find_images(args.inputs)  # a missing input is said before any download or model load
+    # What can be refused without a model is refused before any download or load (seconds):
+    # a missing input, another job's folder, an existing output.
+    find_images(args.inputs)
+    # The options given, by setting; one left out (argparse's None, --ensemble's False) is
+    # absent, so a folder's recorded job fills it in (edsr.inference.job says why).
+    options = {
+        "model": args.model,
+        "scale": args.scale,
+        "precision": args.precision,
+        "ensemble": args.ensemble or None,
+        "res_scale": args.res_scale,
+        "degradation": args.degradation,
+    }
+    given = {name: value for name, value in options.items() if value is not None}
+    folder = writes_folder(args.inputs, args.output)
+    recorded = read_job(args.output) if folder and not args.overwrite else None
+    job = FolderJob.resume(recorded, given)
+    route = job.model is None and job.res_scale is None  # each input gets the route's pick
+    source = model_source(job.model)  # the route: its default model, whose scales it runs
+    if not route:
+        # a folder's record names the model with its SHA-256 (a file's is hashed: cheap beside
+        # loading it), so a checkpoint replaced under the same name is not taken for it
+        job = dataclasses.replace(job, model=source.name, sha256=source.sha256 if folder else None)
+    if recorded is not None:
+        check_continues(recorded, job, args.output)
+    if not route and job.degradation is not None:
+        raise EdsrError("--degradation picks the default route's model; leave it out with --model")
+    if job.scale is None and source.scales:  # a file's default scale is known once it is loaded
+        job = dataclasses.replace(job, scale=defaults.default_scale(source.scales))
+    if job.scale is not None:
+        plan = plan_outputs(
+            args.inputs,
+            args.output,
+            job.scale,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+        )
+        if recorded is not None and not args.quiet:
+            print(
+                f"edsr: continuing the job recorded in {args.output} ({job.describe()}); "
+                f"{len(plan.skipped)} of {plan.files} done",
+                file=sys.stderr,
+            )
 
     # Under torchrun each rank upscales its share; rank 0 prints for all and its exit status
     # is the command's (torchrun fails the command when one rank does).
     def work(ranks: Ranks) -> BatchResult:
         model: Model | Router
-        if args.model is None and args.res_scale is None:
-            # no model named: each input gets the one the default route picks for it
+        if route:
             model = Router(
-                device=ranks.device(args.device), scale=args.scale, degradation=args.degradation
+                device=ranks.device(args.device), scale=job.scale, degradation=job.degradation
             )
             ranks.check(lambda: model.default, main_first=True)
             first = model.default
         else:
-            if args.degradation is not None:
-                raise EdsrError(
-                    "--degradation picks the default route's model; leave it out with --model"
-                )
             model = ranks.check(
                 lambda: load_model(
-                    args.model,
-                    scale=args.scale,
-                    res_scale=args.res_scale,
+                    job.model,
+                    scale=job.scale,
+                    res_scale=job.res_scale,
                     device=ranks.device(args.device),
                     run_torchscript_code=args.run_torchscript_code,
                 ),
@@ -140,23 +181,24 @@ def _run_upscale(args: argparse.Namespace) -> int:
             )
             first = model
         if args.verbose and ranks.main:
-            print(explain_precision(first, args.precision, ranks.device(args.device)))
+            print(explain_precision(first, job.precision, ranks.device(args.device)))
         return upscale_files(
             args.inputs,
             args.output,
             model,
-            args.scale,
+            job.scale,
             overwrite=args.overwrite,
             skip_existing=args.skip_existing,
             progress=not args.quiet,
             tile=args.tile,
             max_memory=args.max_memory,
-            ensemble=args.ensemble,
-            precision=args.precision,
+            ensemble=job.ensemble,
+            precision=job.precision,
             compile=args.compile,
             frames=args.frames,
             say=say_to_stderr(args.quiet),
             ranks=ranks,
+            job=job if folder else None,
         )
 
     result = on_ranks(work)

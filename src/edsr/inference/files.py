@@ -3,6 +3,7 @@ the model (in memory or streamed as PNG strips), and batches that survive bad in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -21,6 +22,7 @@ from edsr.inference.descriptor import Model, resolve_scale
 from edsr.inference.distributed import SINGLE, Ranks
 from edsr.inference.engine import ArraySink, StripSink, TileBar, array_input, chain, run_tiled
 from edsr.inference.estimate import Announcer, plan_job
+from edsr.inference.job import JOB_FILE, FolderJob, check_continues, read_job, write_job
 from edsr.inference.memory import format_bytes, host_available_memory
 from edsr.inference.precision import compute_model, prepare_model
 from edsr.inference.tiling import OnTile, ShouldStop
@@ -249,6 +251,7 @@ def upscale_files(
     should_stop: ShouldStop | None = None,
     say: Say | None = None,
     ranks: Ranks = SINGLE,
+    job: FolderJob | None = None,
 ) -> BatchResult:
     """Upscale image files, directories or one video into ``output``.
 
@@ -272,20 +275,28 @@ def upscale_files(
 
     ``model`` may be a :class:`ModelChoice` (the default route): each image then runs on the
     model it picks, each model prepared once, and :attr:`BatchResult.chosen` says which and why.
+
+    ``job`` (the command line's: :class:`~edsr.inference.job.FolderJob`) is what ``model`` and
+    the options are, recorded in a folder ``output`` when the job starts, after the checks, so
+    a re-run can continue it (:mod:`edsr.inference.job`); a folder that records another job is
+    refused unless ``overwrite``. Stopped by Ctrl-C or SIGTERM, a batch re-raises that
+    interrupt with one line saying how far it got and how to finish.
     """
-    from edsr.inference.video import upscale_video, video_output_path
+    from edsr.inference.video import upscale_video
 
     choice = None if isinstance(model, torch.nn.Module) else model
     if choice is not None:
         model = choice.default
     assert isinstance(model, torch.nn.Module)
     scale = resolve_scale(model, scale)
+    if job is not None and job.scale is None:
+        job = dataclasses.replace(job, scale=scale)
     if overwrite and skip_existing:
         raise EdsrError("--overwrite and --skip-existing contradict each other; give one")
     if frames is not None and frames < 1:
         raise EdsrError(f"--frames must be at least 1, got {frames}")
     paths = [Path(i) for i in inputs]
-    videos = [p for p in paths if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir()]
+    videos = [p for p in paths if _is_video(p)]
     if videos and len(paths) > 1:
         raise EdsrError("give one video at a time (images and folders can be given together)")
     if videos and ranks.spread:
@@ -296,12 +307,11 @@ def upscale_files(
         say("--frames only applies to videos; ignored")
     opts: dict[str, Any] = {"tile": tile, "max_memory": max_memory, "ensemble": ensemble}
     if videos:
-        dst = video_output_path(videos[0], output, scale)
-        if skip_existing and dst.exists():
-            if not _changed_since(videos[0], dst):
-                return BatchResult(skipped_existing=[videos[0]], kind="video")
-            overwrite = True  # out of date, as an image's output would be: replaced
-        check_writable(dst, overwrite=overwrite)
+        plan = plan_outputs(paths, output, scale, overwrite=overwrite, skip_existing=skip_existing)
+        if not plan.jobs:
+            return BatchResult(skipped_existing=plan.skipped, kind="video")
+        dst = plan.jobs[0][1]
+        overwrite = overwrite or dst in plan.stale  # out of date, as an image's: replaced
         check_folder_writable(dst.parent)
         remove_stale_temps(dst.parent)
         model = _prepared(model, precision, compile)
@@ -320,11 +330,13 @@ def upscale_files(
 
     # One rank checks the output place and clears stale temporaries while the others wait:
     # no rank writes before that is done, and none removes a temporary another is writing.
-    n_files, jobs, skipped, stale = ranks.from_main(
+    plan, made = ranks.from_main(
         lambda: _plan_images(
-            paths, output, scale, overwrite=overwrite, skip_existing=skip_existing, say=say
+            paths, output, scale, overwrite=overwrite, skip_existing=skip_existing, say=say, job=job
         )
     )
+    n_files, jobs, skipped, stale = plan.files, plan.jobs, plan.skipped, plan.stale
+    finished = [0]  # images this process has written, for the line said when it is stopped
 
     def work() -> list[tuple[int, Path | str, str]]:
         ready: dict[int, Model] = {}  # each model prepared once, by id
@@ -360,10 +372,32 @@ def upscale_files(
                 done.append((i, str(e), why))
                 continue
             done.append((i, written, why))
+            finished[0] += 1
         return done
 
+    try:
+        shares = ranks.gather(work)
+    except BaseException as e:
+        if ranks.main and not finished[0]:
+            # a job stopped or failed before writing anything is no job to continue: the
+            # record it made goes, and the folders made for it
+            for path in made:
+                with contextlib.suppress(OSError):
+                    path.rmdir() if path.is_dir() else path.unlink()
+        if not isinstance(e, KeyboardInterrupt) or n_files < 2:  # Ctrl-C, SIGTERM: Terminated
+            raise
+        # Under torchrun this process knows its own share only: no count then.
+        k = "" if ranks.spread else f" after {len(skipped) + finished[0]} of {n_files} images"
+        how = (
+            "again"
+            if skip_existing
+            else "with --skip-existing in place of --overwrite"
+            if overwrite
+            else "with --skip-existing"
+        )
+        raise type(e)(f"stopped{k}; run the same command {how} to finish") from e
     result = BatchResult(skipped_existing=skipped)
-    for i, outcome, why in sorted(o for share in ranks.gather(work) for o in share):
+    for i, outcome, why in sorted(o for share in shares for o in share):
         if isinstance(outcome, str):
             result.failed.append((jobs[i][0], outcome))
         else:
@@ -371,6 +405,111 @@ def upscale_files(
             if why:
                 result.chosen.append((jobs[i][0], why))
     return result
+
+
+@dataclass
+class OutputPlan:
+    """What :func:`upscale_files` does with the inputs: the images (or video) found, the
+    ``(src, dst)`` jobs, the inputs skipped as already written, the outputs replaced because
+    their input changed since, and the files left out of the inputs as this command's results."""
+
+    files: int
+    jobs: list[tuple[Path, Path]]
+    skipped: list[Path]
+    stale: set[Path]
+    left_out: list[Path]
+    folder: bool  # the output is a folder (a job is recorded there), not one file
+
+
+def writes_folder(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> bool:
+    """True when :func:`upscale_files` writes ``inputs`` into the folder ``output`` (where a
+    job is recorded), not into one file: one video, or an ``output`` with a suffix that is not
+    a folder, is one file (see :func:`output_paths`)."""
+    if _one_video([Path(i) for i in inputs]):
+        return False
+    return not (Path(output).suffix and not Path(output).is_dir())
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.is_dir()
+
+
+def _one_video(paths: Sequence[Path]) -> bool:
+    return len(paths) == 1 and _is_video(paths[0])
+
+
+def plan_outputs(
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    scale: int,
+    *,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+) -> OutputPlan:
+    """The :class:`OutputPlan` of an :func:`upscale_files` run, with its refusals (an output
+    that would replace an input, an existing output without ``overwrite`` or
+    ``skip_existing``), reading the file system only: what a door checks before it loads a
+    model, since loading one takes seconds these refusals do not need.
+
+    Outputs are never inputs: folders are scanned without the output folder when it lies
+    inside them, and without the ``*_x<scale>.png`` files in it (the names results get), so a
+    rerun into a folder inside the input, or into the input folder itself, reads only what
+    the user put there."""
+    from edsr.inference.video import video_output_path
+
+    paths = [Path(i) for i in inputs]
+    left_out: list[Path] = []
+    folder = writes_folder(paths, output)
+    if _one_video(paths):
+        files = paths
+        dests = [video_output_path(paths[0], output, scale)]
+    else:
+        skip, left_out = _results_left_out(output, scale)
+        files = []
+        roots: list[Path | None] = []
+        for item in paths:
+            found = find_images([item], skip=skip)
+            files += found
+            roots += [item if item.is_dir() else None] * len(found)
+        dests = output_paths(files, roots, output, scale)
+    inputs_real = {os.path.realpath(f) for f in files}
+    for src, dst in zip(files, dests, strict=True):  # with or without --overwrite
+        if os.path.realpath(dst) in inputs_real:
+            raise EdsrError(
+                f"{dst} would be written over an input of this job ({src} reads it); "
+                "give another output name: an input is never replaced"
+            )
+    skipped: list[Path] = []
+    jobs: list[tuple[Path, Path]] = []
+    stale: set[Path] = set()
+    existing: list[Path] = []
+    for src, dst in zip(files, dests, strict=True):
+        check_writable(dst, overwrite=True)  # a folder in its place, a file in its path
+        if os.path.lexists(dst):
+            if skip_existing:
+                if not _changed_since(src, dst):
+                    skipped.append(src)
+                    continue
+                stale.add(dst)
+            elif not overwrite:
+                existing.append(dst)
+        jobs.append((src, dst))
+    if existing:
+        raise _exist_error(existing)
+    return OutputPlan(len(files), jobs, skipped, stale, left_out, folder)
+
+
+def _exist_error(existing: Sequence[Path]) -> EdsrError:
+    # Both ways on: a stopped job is finished with --skip-existing, redone with --overwrite.
+    if len(existing) == 1:
+        return EdsrError(
+            f"{existing[0]} already exists; pass --skip-existing to leave it and go on, or "
+            "--overwrite to replace it"
+        )
+    return EdsrError(
+        f"{existing[0]} and {len(existing) - 1} more outputs already exist; pass "
+        "--skip-existing to leave them and finish the rest, or --overwrite to redo them"
+    )
 
 
 def _plan_images(
@@ -381,49 +520,30 @@ def _plan_images(
     overwrite: bool,
     skip_existing: bool,
     say: Say | None = None,
-) -> tuple[int, list[tuple[Path, Path]], list[Path], set[Path]]:
-    """The images found, the ``(src, dst)`` jobs, the inputs skipped as already written and
-    the outputs to replace because their input changed since, after the checks
-    :func:`upscale_files` makes before any work.
-
-    Outputs are never inputs: folders are scanned without the output folder when it lies
-    inside them, and without the ``*_x<scale>.png`` files in it (the names results get), so a
-    rerun into a folder inside the input, or into the input folder itself, reads only what
-    the user put there."""
-    skip, left_out = _results_left_out(output, scale)
-    files: list[Path] = []
-    roots: list[Path | None] = []
-    for item in paths:
-        found = find_images([item], skip=skip)
-        files += found
-        roots += [item if item.is_dir() else None] * len(found)
-    dests = output_paths(files, roots, output, scale)
-    inputs = {os.path.realpath(f) for f in files}
-    for src, dst in zip(files, dests, strict=True):  # with or without --overwrite
-        if os.path.realpath(dst) in inputs:
-            raise EdsrError(
-                f"{dst} would be written over an input of this job ({src} reads it); "
-                "give another output name: an input is never replaced"
-            )
-    skipped: list[Path] = []
-    jobs: list[tuple[Path, Path]] = []
-    stale: set[Path] = set()
-    for src, dst in zip(files, dests, strict=True):
-        if skip_existing and os.path.lexists(dst):
-            if not _changed_since(src, dst):
-                skipped.append(src)
-                continue
-            stale.add(dst)
-        else:
-            check_writable(dst, overwrite=overwrite)
-        jobs.append((src, dst))
+    job: FolderJob | None = None,
+) -> tuple[OutputPlan, list[Path]]:
+    """:func:`plan_outputs`, then what :func:`upscale_files` does before any work: the
+    output folders checked writable, the temporaries a killed run left removed, and the job
+    recorded in a folder output (after a record of another job is refused); with what the
+    record made (a new record, the folders made for it, deepest first) to remove if the job
+    writes nothing."""
+    plan = plan_outputs(paths, output, scale, overwrite=overwrite, skip_existing=skip_existing)
+    recorded = read_job(output) if job is not None and plan.folder else None
+    if job is not None and plan.folder and not overwrite:
+        check_continues(recorded, job, output)
+    left_out = plan.left_out
     if left_out and say is not None:
         names = ", ".join(str(p) for p in left_out[:3]) + (", ..." if len(left_out) > 3 else "")
         say(f"not read as inputs (results of this command go there): {names}")
-    for folder in sorted({dst.parent for _, dst in jobs}):
+    for folder in sorted({dst.parent for _, dst in plan.jobs}):
         check_folder_writable(folder)
         remove_stale_temps(folder)
-    return len(files), jobs, skipped, stale
+    if job is not None and plan.folder and job != recorded:
+        folder = Path(output)
+        made = [p for p in (folder / JOB_FILE, folder, *folder.parents) if not os.path.lexists(p)]
+        write_job(output, job)
+        return plan, made
+    return plan, []
 
 
 def _results_left_out(

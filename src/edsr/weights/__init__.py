@@ -18,10 +18,13 @@ from edsr.weights.download import (
 from edsr.weights.entry import Metric, Training, WeightsEntry, metrics_from_eval_json
 from edsr.weights.io import model_from_state_dict, read_checkpoint, save_model
 from edsr.weights.load import (
+    ModelSource,
     ModelSpec,
     import_checkpoint,
     load_model,
     load_weights,
+    model_source,
+    source_of,
 )
 from edsr.weights.registry import (
     REGISTRY,
@@ -40,6 +43,7 @@ __all__ = [
     "DEFAULT",
     "REGISTRY",
     "Metric",
+    "ModelSource",
     "ModelSpec",
     "Training",
     "WeightsEntry",
@@ -61,12 +65,14 @@ __all__ = [
     "metrics_from_eval_json",
     "metrics_table",
     "model_from_state_dict",
+    "model_source",
     "normalize_state_dict",
     "paper_res_scale",
     "read_checkpoint",
     "readme_table",
     "register",
     "save_model",
+    "source_of",
     "unregister",
     "verify_file",
     "weights_path",

@@ -9,11 +9,15 @@ needs no network.
 
 from __future__ import annotations
 
+import functools
 import os
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from edsr import defaults
 from edsr.errors import CheckpointError, EdsrError
@@ -33,6 +37,49 @@ ModelSpec = str | os.PathLike[str] | None
 # Suffixes that mark a model name as a file name, so a missing file gets "does not exist"
 # rather than "unknown weights name".
 _FILE_SUFFIXES = {".pt", ".pth", ".safetensors", ".ckpt", ".bin", ".tar", ".onnx", ".ts", ".jit"}
+
+
+@dataclass
+class ModelSource:
+    """Which model a spec names, for a record read later (an eval report, a folder job's
+    settings): ``name`` is the registry name, or the file as given; ``scales`` the registry's
+    (None for a file: only loading it tells).
+
+    :attr:`sha256` is the registry's hash for an entry (the download checked the file against
+    it), else the file's, hashed on first use and kept; None for a folder or a hub id.
+    """
+
+    name: str
+    path: Path | None = None  # the file, for a spec that is not a registry entry
+    scales: tuple[int, ...] | None = None
+    registry_sha256: str | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def sha256(self) -> str | None:
+        if self.registry_sha256 is not None:
+            return self.registry_sha256
+        if self.path is not None and self.path.is_file():
+            return sha256_file(self.path)
+        return None
+
+
+#: The source of each model :func:`load_model` returned (see :func:`source_of`).
+_SOURCES: weakref.WeakKeyDictionary[nn.Module, ModelSource] = weakref.WeakKeyDictionary()
+
+
+def model_source(spec: ModelSpec = None) -> ModelSource:
+    """What ``spec`` names (as :func:`load_model` resolves it), without loading it: a registry
+    entry costs nothing; a file is hashed only when :attr:`ModelSource.sha256` is asked for."""
+    found = _resolve(spec)
+    if isinstance(found, WeightsEntry):
+        return ModelSource(found.name, scales=found.scales, registry_sha256=found.sha256)
+    return ModelSource(str(spec), path=found)
+
+
+def source_of(model: nn.Module) -> ModelSource | None:
+    """The :class:`ModelSource` of a model :func:`load_model` (or :func:`load_weights`)
+    returned; None for a model built another way."""
+    return _SOURCES.get(model)
 
 
 def load_model(
@@ -75,16 +122,17 @@ def load_model(
         return load_weights(
             found, scale=scale, res_scale=res_scale, device=target, progress=progress
         )
+    model: SRModel | ExportedModel
     kind = file_kind(found) if found.is_file() and found.stat().st_size else None
     if kind in EXPORTED_KINDS:
         if res_scale is not None:
             raise EdsrError(f"{found} is an exported graph: its res_scale is folded in already")
-        exported = load_exported(
-            found, str(kind), target, run_torchscript_code=run_torchscript_code
-        )
-        _check_scale(exported.scales, scale, str(found))
-        return exported
-    return _finish(_load_file(found, res_scale, scale), scale, str(found), target)
+        model = load_exported(found, str(kind), target, run_torchscript_code=run_torchscript_code)
+        _check_scale(model.scales, scale, str(found))
+    else:
+        model = _finish(_load_file(found, res_scale, scale), scale, str(found), target)
+    _SOURCES[model] = ModelSource(str(spec), path=found)
+    return model
 
 
 def load_weights(
@@ -106,7 +154,9 @@ def load_weights(
     path = download_weights(e, progress=progress)
     sd, _, _ = read_checkpoint(path, authors=True)  # hash-checked: the authors' convention
     model = model_from_state_dict(sd, config=_config(e, res_scale), source=f"{e.name} ({path})")
-    return _finish(model, scale, e.name, target)
+    model = _finish(model, scale, e.name, target)
+    _SOURCES[model] = ModelSource(e.name, scales=e.scales, registry_sha256=e.sha256)
+    return model
 
 
 def import_checkpoint(
