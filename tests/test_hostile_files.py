@@ -748,3 +748,78 @@ def test_the_issue_cases_are_in_every_run(res):
     names |= {f"info {n}" for n, _ in export_info_cases(info)} | {f"other-{n}" for n in OTHERS}
     names |= {"initializer-dims-huge", "external-outside"}  # onnx_files' own, by name there
     assert names >= ISSUE_CASES, ISSUE_CASES - names
+
+
+# --- the issue's own cases, each with its line ---------------------------------------------------
+
+
+def _superimage_abc(root: Path) -> list[str]:
+    folder = root / "si-abc"
+    config = json.loads((PEERS / "superimage-edsr" / "config.json").read_text())
+    _write(folder / "config.json", json.dumps({**config, "res_scale": "abc"}).encode())
+    shutil.copy(PEERS / "superimage-edsr" / "pytorch_model_2x.pt", folder)
+    return ["upscale", str(DATA / "peers" / "input.png"), "-o", "out", "--model", str(folder)]
+
+
+def _preset_list(root: Path) -> list[str]:
+    config = _write(root / "f.toml", _toml_file({**BASE_CONFIG, "preset": '["a"]'}))
+    return ["train", "--config", str(config), "--quiet"]
+
+
+def _other_graph(root: Path, kind: str, *extra: str) -> list[str]:
+    from edsr.export import export_model
+
+    honest = export_model(small_edsr(2), root / f"honest.{kind}", kind, scale=2).path
+    if kind == "onnx":
+        import onnx
+
+        from edsr.runtimes import META_KEY
+
+        info = {p.key: p.value for p in onnx.load(str(honest)).metadata_props}[META_KEY]
+        other = _write(root / "other.onnx", _with_info(_onnx_of(_Other(1, 3)), info))
+    else:
+        from edsr.runtimes import torchscript_info
+
+        other = _torchscript(_Other(1, 3), torchscript_info(honest), root / "other.pt")
+    return ["upscale", str(DATA / "peers" / "input.png"), "-o", "out", "--model", str(other),
+            *extra]  # fmt: skip
+
+
+def _no(backend: str) -> pytest.MarkDecorator:
+    present = torch.backends.mps.is_available() if backend == "mps" else torch.cuda.is_available()
+    return pytest.mark.skipif(present, reason=f"this machine has {backend}")
+
+
+_IMG = str(DATA / "peers" / "input.png")
+ISSUE_LINES = [
+    pytest.param(_superimage_abc, 1, "its config.json's res_scale must be a number, got 'abc'",
+                 id="superimage-res_scale-abc"),
+    pytest.param(_preset_list, 1, "config key 'preset': expected str, got ['a']",
+                 id="config-preset-list"),
+    pytest.param(lambda r: ["train", "--train", str(DATA / "Set5"), "--out", "/proc/nope",
+                            "--iters", "1", "--quiet"], 1, "cannot write",
+                 marks=pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc"),
+                 id="train-out-proc"),
+    pytest.param(lambda r: ["upscale", _IMG, "-o", "out", "--device", "mps"], 1,
+                 "no MPS (Apple GPU) support", marks=_no("mps"), id="device-mps"),
+    pytest.param(lambda r: ["upscale", _IMG, "-o", "out", "--device", "cuda"], 1,
+                 "no CUDA GPU is available", marks=_no("cuda"), id="device-cuda"),
+    pytest.param(lambda r: ["upscale", _IMG, "-o", "out", "--device", "tpu"], 2,
+                 "unknown device 'tpu'", id="device-tpu"),
+    pytest.param(lambda r: _other_graph(r, "onnx"), 1, "the metadata belongs to another graph",
+                 marks=needs_onnx, id="onnx-of-another-network"),
+    pytest.param(lambda r: _other_graph(r, "torchscript"), 1, "--run-torchscript-code",
+                 id="torchscript-of-another-network"),
+    pytest.param(lambda r: _other_graph(r, "torchscript", "--run-torchscript-code"), 1,
+                 "the metadata belongs to another graph", id="torchscript-opted-in"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "status", "line"), ISSUE_LINES)
+def test_the_issue_cases_are_one_line(make, status, line, work, capsys, tmp_path):
+    argv = make(tmp_path)
+    before = snapshot(work)
+    code, out, err = run_cli(argv, capsys)
+    assert refusal_problem(code, err) is None and code == status, (argv, code, err)
+    assert line in err, err
+    assert snapshot(work) == before

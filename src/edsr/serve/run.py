@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 import PIL.Image
@@ -55,6 +56,20 @@ def bind(host: str, port: int) -> socket.socket:
         ) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _uvicorn_server(config: Any, app: Any) -> Any:
+    """uvicorn's server, telling the app the moment a signal asks it to stop."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn waits its grace period for the requests in flight, then cancels them (a
+            # 500 and a CancelledError traceback in the log); told now, they answer 503.
+            app.state.server.stop_soon()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def serve(
@@ -115,7 +130,7 @@ def serve(
         server_header=False,
     )
     try:
-        uvicorn.Server(uv).run(sockets=[sock])
+        _uvicorn_server(uv, app).run(sockets=[sock])
     except KeyboardInterrupt:
         # uvicorn has already shut down gracefully and re-raised the Ctrl-C: a normal stop.
         print("edsr serve: stopped", file=sys.stderr, flush=True)
@@ -134,7 +149,7 @@ def background_server(
     import uvicorn
 
     sock = bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    server = _uvicorn_server(uvicorn.Config(app, log_level=log_level, lifespan="on"), app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -89,6 +89,8 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
         pre_kernel = 5 if pre is None else int(_conv(sd, "pre_process.0.0.body.0.weight").shape[-1])
         # The only MDSR with 3x3 pre-processing is super-image's, whose blocks scale by 0.1.
         variant = {} if pre_kernel == 5 else {"res_scale": 0.1, "pre_kernel": pre_kernel}
+        if res_scale is not None:
+            variant["res_scale"] = float(res_scale)
         return {
             "arch": "mdsr",
             "scales": scales,

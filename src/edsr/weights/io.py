@@ -304,7 +304,7 @@ def model_from_state_dict(
         config = detect_config(sd, res_scale=res_scale)
     else:
         _check_claims(config, sd, source)
-        if res_scale is not None and config.get("arch") == "edsr":
+        if res_scale is not None:
             config = {**config, "res_scale": float(res_scale)}
     try:
         model = model_from_config(config)
