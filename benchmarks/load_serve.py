@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", "60", "--device", "cpu", "--tmp-dir", str(server_tmp), "--quiet",
         "--upload-timeout", str(args.upload_timeout),
         "--max-uploads", str(args.slow_clients + args.concurrency + 4),
+        # every simulated client comes from 127.0.0.1: one address, so no per-client share
+        "--max-uploads-per-client", str(args.slow_clients + args.concurrency + 4),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start_deadline = time.monotonic() + 120

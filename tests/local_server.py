@@ -49,7 +49,8 @@ class LocalServer:
     ("pause", body, n, seconds): as "cut", but waits ``seconds`` before closing (a stall);
     ("truncated", body, claimed): promises ``claimed`` bytes, sends half the body, every time;
     ("stall", seconds): sends 10 of 1000 promised bytes, then waits;
-    ("status", code): answers that HTTP status.
+    ("status", code): answers that HTTP status;
+    ("redirect", path): answers 302 to ``path`` (two that name each other are a loop).
     Unknown paths are 404. ``requests`` records (path, Range header) for each request; a
     watchdog stops the server after a minute whatever the test does."""
 
@@ -65,6 +66,12 @@ class LocalServer:
                 kind, *rest = server.routes.get(self.path, ("status", 404))
                 if kind == "status":
                     self.send_error(rest[0])
+                    return
+                if kind == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", rest[0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if kind == "stall":
                     self.send_response(200)

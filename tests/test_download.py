@@ -216,6 +216,18 @@ def test_every_failure_kind_falls_through_to_the_next_address(server, home, chec
         download_weights(stalled, progress=False, timeout=0.3)
 
 
+def test_a_redirect_loop_is_one_line(server, home, checkpoint, capsys, monkeypatch):
+    body, _ = checkpoint
+    server.routes.update({"/a.pt": ("redirect", "/b.pt"), "/b.pt": ("redirect", "/a.pt")})
+    e = _entry([server.url("/a.pt")], body)
+    monkeypatch.setitem(REGISTRY, e.name, e)
+    assert main(["weights", "download", e.name, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{server.url('/a.pt')} (a redirect loop: HTTP 302 after " in err
+    assert _files(home) == []
+
+
 def test_server_down_gives_one_clear_line_with_addresses_and_path(
     home, checkpoint, capsys, monkeypatch
 ):

@@ -172,6 +172,12 @@ def test_recipe_flags_and_missing_data_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no data set 'T91'" in err and "edsr data download T91" in err
     assert not out.exists(), "nothing is written before every stage's data is found"
+    # The plan says so too, on one line and before timing a step: a plan the run cannot follow
+    # is not a plan (it used to print the table and exit 0).
+    assert main([*args, "--data-root", str(tmp_path), "--dry-run", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "no data set 'T91'" in captured.err
+    assert captured.out == "" and not out.exists()
 
 
 def test_miniature_recipe_runs_is_killed_resumes_and_loads(tmp_path, data_root, capsys):

@@ -371,6 +371,10 @@ def test_missing_image_and_wrong_content_type(server):
         "/v1/upscale", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}
     )
     assert_error(r, 400, "boundary")
+    # a raw body has no form field to name
+    r = server.post("/v1/upscale", content=b"", headers={"content-type": "image/png"})
+    body = assert_error(r, 422, "the request body is empty")
+    assert "field" not in body["error"]
 
 
 def test_no_files_left_in_the_temp_dir(server):
@@ -512,6 +516,30 @@ def test_time_limit_504_stops_the_job_at_its_next_tile_and_frees_the_worker(gate
     r = post(client, png_bytes(rgb(16, 16)))
     assert r.status_code == 200, r.text
     assert decode(r).size == (32, 32)
+
+
+def test_a_stopping_server_answers_503_at_once_and_admits_no_more(gated, checkpoints):
+    """SIGTERM's first effect (stop_soon): the request running and the one queued answer 503
+    "shutting down" now, while the model is still inside its forward pass, instead of being
+    cancelled at the end of uvicorn's grace period (a 500)."""
+    gate = Gate()
+    client, app = gated(gate, workers=1, queue=1, max_memory=several_tiles_budget(checkpoints))
+    running, box1 = in_thread(lambda: post(client, png_bytes(rgb(TILED_SIDE, TILED_SIDE))))
+    assert gate.entered.wait(10)
+    queued, box2 = in_thread(lambda: post(client, png_bytes(rgb(16, 16)), job="queued-job-1"))
+    wait_for(lambda: client.get("/v1/progress/queued-job-1").status_code == 200)
+    app.state.server.stop_soon()
+    running.join(10)
+    queued.join(10)
+    for box in (box1, box2):
+        r = box["result"]
+        assert_error(r, 503, "the server is shutting down")
+        assert r.headers["retry-after"] == "5"
+    assert not gate.release.is_set() and gate.calls == 1  # answered while the tile ran
+    assert_error(post(client, png_bytes(rgb(16, 16))), 503, "the server is shutting down")
+    gate.release.set()
+    wait_for(lambda: client.get("/healthz").json()["running"] == 0)
+    assert gate.calls == 1  # the job stopped at its next tile
 
 
 def test_client_going_away_cancels_its_job(gated, checkpoints):

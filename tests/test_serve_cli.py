@@ -137,3 +137,58 @@ def test_without_model_serve_loads_the_bundled_default_and_the_jpeg_model():
     assert [m.id for m in served] == [registry.DEFAULT, defaults.JPEG_MODEL]
     assert served[0].scales == served[1].scales == (2, 3, 4)
     assert served[0].entry is registry.REGISTRY[registry.DEFAULT]
+
+
+@pytest.mark.slow  # a server process with the bundled models, and a job of seconds
+def test_sigterm_answers_the_request_in_flight_503_without_a_traceback(tmp_path):
+    """SIGTERM while a job runs: the request answers 503 "shutting down" at once (uvicorn
+    used to wait its 10 s grace period, then cancel it: a 500 and a CancelledError traceback in
+    the log), and the server stops."""
+    import io
+    import os
+    import re
+    import signal
+    import threading
+    import time
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    env = {**os.environ, "EDSR_OFFLINE": "1", "EDSR_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edsr", "serve", "--port", "0", "--workers", "1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        url = "http://127.0.0.1:" + re.search(r":(\d+)/", proc.stdout.readline()).group(1)
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, "PNG")
+        box = {}
+
+        def post():
+            box["r"] = httpx.post(
+                url + "/v1/upscale",
+                files={"image": ("a.png", buf.getvalue(), "image/png")},
+                data={"scale": "4", "job": "long-job-1"},
+                timeout=120,
+            )
+
+        client = threading.Thread(target=post)
+        client.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/v1/progress/long-job-1").json().get("state") != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        client.join(60)
+        answered = time.monotonic() - sent
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    r = box["r"]
+    assert r.status_code == 503 and r.json() == {"error": "the server is shutting down"}, r.text
+    assert answered < 5, answered
+    assert "Traceback" not in err and "CancelledError" not in err, err

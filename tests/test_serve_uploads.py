@@ -54,10 +54,12 @@ def multipart(image: bytes) -> tuple[bytes, str]:
     return head.encode() + image + f"\r\n--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
 
 
-def half_sent(url: str, body: bytes, ctype: str) -> socket.socket:
-    """A client that sends its headers and half its body, then waits."""
+def half_sent(url: str, body: bytes, ctype: str, source: str | None = None) -> socket.socket:
+    """A client that sends its headers and half its body, then waits (from the loopback
+    address ``source``, when given: another client to the server)."""
     host, port = url.removeprefix("http://").split(":")
-    s = socket.create_connection((host, int(port)), timeout=10)
+    address = (source, 0) if source else None
+    s = socket.create_connection((host, int(port)), timeout=10, source_address=address)
     head = (
         f"POST /v1/upscale HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -88,8 +90,10 @@ def slow_server(tiny, tmp_path):
     # one worker and no queue: a single request that took a place before its body arrived
     # would turn every other request away
     config = ServeConfig(
-        workers=1, queue=0, upload_timeout=UPLOAD_TIMEOUT, max_uploads=9, tmp_dir=str(tmp_path)
-    )
+        workers=1, queue=0, upload_timeout=UPLOAD_TIMEOUT, max_uploads=9,
+        max_uploads_per_client=10,  # the test is every client (one address): all 9 its
+        tmp_dir=str(tmp_path),
+    )  # fmt: skip
     with (
         background_server(create_app(models, config)) as url,
         httpx.Client(base_url=url, timeout=30) as client,
@@ -140,6 +144,38 @@ def test_uploads_in_flight_are_bounded(slow_server):
     wait_for(lambda: client.get("/healthz").json()["uploading"] == 0, UPLOAD_TIMEOUT)
     r = client.post("/v1/upscale", content=body, headers={"content-type": ctype})
     assert r.status_code == 200, r.text
+
+
+def test_one_client_cannot_hold_every_upload_place(tiny, tmp_path):
+    models = load_models([str(tiny)], device="cpu", progress=False)
+    config = ServeConfig(
+        upload_timeout=UPLOAD_TIMEOUT, max_uploads=4, max_uploads_per_client=2,
+        tmp_dir=str(tmp_path),
+    )  # fmt: skip
+    with (
+        background_server(create_app(models, config)) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        body, ctype = multipart(png(16, 16))
+        hog = [half_sent(url, body, ctype) for _ in range(2)]
+        try:
+            wait_for(lambda: client.get("/healthz").json()["uploading"] == 2)
+            # the same client's third upload: 429, while two places stay free for the others
+            r = client.post("/v1/upscale", content=body, headers={"content-type": ctype})
+            assert r.status_code == 429, r.text
+            assert "--max-uploads-per-client" in r.json()["error"]
+            assert r.headers["retry-after"] == str(math.ceil(UPLOAD_TIMEOUT))
+            other = half_sent(url, body, ctype, source="127.0.0.2")
+            wait_for(lambda: client.get("/healthz").json()["uploading"] == 3)
+            other.sendall(body[len(body) // 2 :])
+            data, _ = answer_then_close(other, timeout=10)
+            assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+        finally:
+            for s in hog:
+                s.close()
+        wait_for(lambda: client.get("/healthz").json()["uploading"] == 0, UPLOAD_TIMEOUT)
+        r = client.post("/v1/upscale", content=body, headers={"content-type": ctype})
+        assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("field", ["timeout", "upload_timeout"])

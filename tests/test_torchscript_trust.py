@@ -117,7 +117,9 @@ def test_with_the_opt_in_the_code_runs_as_the_user_asked(payloads):
     root, target, files = payloads
     _reset(target)
     model = load_model(files["forward_payload.pt"], run_torchscript_code=True)
-    assert target.read_bytes() == UNTOUCHED
+    # Loading runs the graph once, to hold what it returns against its metadata.
+    assert target.read_bytes() == b"B" * 8
+    _reset(target)
     model(torch.zeros(1, 3, 8, 8), 2)
     assert target.read_bytes() == b"B" * 8
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from conftest import DATA, crop_set
 from edsr import EdsrError, build_model, save_model
+from edsr.cli import main
 from edsr.training.config import TrainConfig, read_toml, resolve, to_toml
 from edsr.training.loop import learning_rate, train
 from local_server import torchrun_cmd
@@ -394,6 +395,16 @@ def test_bad_training_input(tmp_path):
     assert p.returncode == 1 and (
         "fp16 training needs a CUDA GPU" in p.stderr or torch.cuda.is_available()
     )
+
+
+def test_init_from_a_file_that_is_no_model_is_named_and_read_before_the_data(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path, iters=1)
+    cache, out = Path(cfg.cache_dir), Path(cfg.out)
+    assert main(["train", *flags(cfg), "--quiet", "--init-from", "/etc/passwd"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/etc/passwd looks like text, not a model" in err
+    assert "--init-from takes a checkpoint" in err and "--model" not in err, err
+    assert not cache.exists() and not out.exists()  # refused before a training image was decoded
 
 
 def test_a_failed_start_leaves_nothing_and_a_folder_without_checkpoint_is_no_run(tmp_path):

@@ -1,5 +1,6 @@
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -117,6 +118,29 @@ def test_detect_rgb_range_and_colors_and_res_scale_override(tmp_path):
     assert cfg["rgb_range"] == 1.0 and cfg["n_colors"] == 1 and cfg["n_resblocks"] == 2
     torch.save(m.state_dict(), tmp_path / "m.pt")
     assert load_model(tmp_path / "m.pt", res_scale=0.5).res_scale == 0.5
+
+
+def test_res_scale_applies_to_mdsr_as_to_edsr(tmp_path, capsys):
+    """MDSR's blocks scale their residual as EDSR's do (super-image's MDSR by 0.1), so
+    --res-scale applies to it; the bundled MDSR used to ignore it without a word."""
+    from edsr import MDSR
+
+    bundled = load_model(device="cpu")
+    scaled = load_model(res_scale=0.5, device="cpu")
+    assert isinstance(scaled, MDSR) and scaled.res_scale == 0.5 and bundled.res_scale == 1.0
+    x = torch.rand(1, 3, 12, 12) * 255
+    assert (_out(scaled, x, 2) - _out(bundled, x, 2)).abs().max() > 1
+    m = _randomize(MDSR(scales=(2,), n_resblocks=2, n_feats=8))
+    torch.save(m.state_dict(), tmp_path / "m.pt")  # a file: from its shapes, and the flag
+    assert load_model(tmp_path / "m.pt", res_scale=0.1).res_scale == 0.1
+    img = tmp_path / "in.png"
+    Image.open(DATA / "Set5/HR/bird.png").crop((0, 0, 24, 24)).save(img)
+    for name, extra in (("plain.png", []), ("half.png", ["--res-scale", "0.5"])):
+        assert main(["upscale", str(img), "-o", str(tmp_path / name), "--quiet", *extra]) == 0
+    plain, half = (
+        np.asarray(Image.open(tmp_path / n), dtype=int) for n in ("plain.png", "half.png")
+    )
+    assert np.abs(plain - half).max() > 1
 
 
 def test_res_scale_is_stored_in_our_format(tmp_path):

@@ -20,10 +20,13 @@ loaded only when the caller opts in by name (``run_torchscript_code=True``, the 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from edsr.errors import CheckpointError, EdsrError, one_line
+from edsr.validators import finite_float, int_in_range
 
 #: The ONNX ``metadata_props`` key holding the :class:`ExportInfo` JSON.
 META_KEY = "edsr"
@@ -44,6 +48,14 @@ RUN_CODE_FLAG = "--run-torchscript-code"
 RUN_CODE_KEYWORD = "run_torchscript_code=True"
 #: More than this in an archive's metadata is not edsr's metadata.
 _MAX_INFO_BYTES = 1 << 20
+#: The models' architectures and an export's precisions, as its metadata names them.
+ARCHS = ("edsr", "mdsr")
+PRECISIONS = ("fp32", "int8")
+#: Colour channels an image has at most (RGBA); more is not an image model's input.
+MAX_COLORS = 4
+#: The largest receptive radius (LR pixels) an export may claim: MDSR's 80 blocks reach about
+#: 170; the tiling pads every tile by it, so a claim of millions would ask for terabytes.
+MAX_REACH = 1024
 
 
 @dataclass(frozen=True)
@@ -69,22 +81,57 @@ class ExportInfo:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> ExportInfo:
+        """The metadata ``text`` of the file ``source``, every value checked: what a run reads
+        of it (sizes, the tiling's reach, the precision) must be one an export writes."""
+        damaged = f"{source} carries damaged edsr metadata"
+        again = "export it again with 'edsr export'"
         try:
             d = json.loads(text)
-            return cls(
-                scale=int(d["scale"]),
-                arch=str(d["arch"]),
-                n_colors=int(d["n_colors"]),
-                rgb_range=float(d["rgb_range"]),
-                precision=str(d["precision"]),
-                parameters=int(d["parameters"]),
-                config=dict(d.get("config", {})),
-                probe=dict(d["probe"]),
+            probe, config = d["probe"], d.get("config", {})
+            if not (isinstance(probe, dict) and isinstance(config, dict)):
+                raise TypeError("probe and config are objects")
+            info = cls(
+                scale=int_in_range(d["scale"], "scale"),
+                arch=_one_of(d["arch"], "arch", ARCHS),
+                n_colors=int_in_range(d["n_colors"], "n_colors", maximum=MAX_COLORS),
+                rgb_range=finite_float(d["rgb_range"], "rgb_range"),
+                precision=_one_of(d["precision"], "precision", PRECISIONS),
+                parameters=int_in_range(d["parameters"], "parameters", maximum=2**53),
+                config=config,
+                probe=probe,
             )
-        except (ValueError, KeyError, TypeError):
-            raise CheckpointError(
-                f"{source} carries damaged edsr metadata; export it again with 'edsr export'"
-            ) from None
+            for key in ("n_resblocks", "n_feats"):  # shown as the model's size
+                int_in_range(config[key], f"config {key}")
+            reach = _reach(probe["reach"])
+            if int_in_range(probe["overlap"], "overlap", minimum=0) != math.ceil(reach):
+                raise EdsrError(f"overlap {probe['overlap']} is not the reach {reach} rounded up")
+            for key in ("bytes_per_pixel", "out_bytes_per_pixel", "macs_per_pixel"):
+                int_in_range(probe[key], key)
+        except (KeyError, TypeError, ValueError, RecursionError) as e:
+            what = f"no {e}" if isinstance(e, KeyError) else one_line(e)
+            raise CheckpointError(f"{damaged} ({what}); {again}") from None
+        except EdsrError as e:
+            raise CheckpointError(f"{damaged}: {e}; {again}") from None
+        return info
+
+
+def _one_of(value: object, what: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise EdsrError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _reach(text: object) -> Fraction:
+    """A receptive radius as an export stores it: a fraction string, from 0 to MAX_REACH."""
+    if not isinstance(text, str):
+        raise EdsrError(f"reach must be a fraction such as '37/2', got {text!r}")
+    try:
+        reach = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise EdsrError(f"reach must be a fraction such as '37/2', got {text!r}") from None
+    if not 0 <= reach <= MAX_REACH:
+        raise EdsrError(f"reach must be from 0 to {MAX_REACH} pixels, got {text!r}")
+    return reach
 
 
 def ort_session(path: str | os.PathLike[str]) -> Any:
@@ -100,7 +147,20 @@ def ort_session(path: str | os.PathLike[str]) -> Any:
     # cores).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own types (Fail, InvalidGraph, ...)
+        # Its refusals are data errors: weights declaring terabytes, external data outside the
+        # file's folder or missing, operators it does not have, a damaged graph.
+        raise CheckpointError(
+            f"onnxruntime cannot load {path} ({_ort_reason(e)}); export it again with 'edsr export'"
+        ) from None
+
+
+def _ort_reason(error: Exception) -> str:
+    """onnxruntime's message without its status prefix and source locations."""
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", one_line(error, limit=10_000))
+    return one_line(re.sub(r"\S+\.(?:cc|h):\d+ \S+ ", "", text), limit=160)
 
 
 class ExportedModel(nn.Module):
@@ -143,11 +203,28 @@ class ExportedModel(nn.Module):
                 f"{self.path.name} is an exported x{self.info.scale} graph; it cannot upscale "
                 f"x{scale} (export that scale to its own file)"
             )
-        if self.kind == "torchscript":
-            return self.graph(x.float())
-        feed = x.detach().float().cpu().contiguous().numpy()
-        (out,) = self.graph.run(["output"], {"input": feed})
-        return torch.from_numpy(out).to(x.device)
+        try:
+            if self.kind == "torchscript":
+                out = self.graph(x.float())
+            else:
+                feed = x.detach().float().cpu().contiguous().numpy()
+                (array,) = self.graph.run(["output"], {"input": feed})
+                out = torch.from_numpy(array).to(x.device)
+        except Exception as e:  # noqa: BLE001 - the graph's runtime raises its own types
+            if isinstance(e, EdsrError):
+                raise
+            raise CheckpointError(f"{self.path} failed to run ({one_line(e, limit=160)})") from None
+        # The metadata is a claim about the graph; what the graph returns is the fact.
+        n, _, h, w = x.shape
+        want = (n, self.info.n_colors, h * self.info.scale, w * self.info.scale)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise CheckpointError(
+                f"{self.path} returned {got} for an input of {tuple(x.shape)}, where its edsr "
+                f"metadata says x{self.info.scale} with {self.info.n_colors} colours "
+                f"{want}: the metadata belongs to another graph"
+            )
+        return out
 
     def __repr__(self) -> str:  # not the TorchScript module's tree
         return f"ExportedModel({self.kind} x{self.info.scale} {self.info.precision}: {self.path})"
@@ -193,6 +270,8 @@ def load_exported(
     model = ExportedModel(path, kind, info, graph).eval()
     if kind == "torchscript" and device is not None:
         model = model.to(device)
+    with torch.no_grad():  # once, small: a graph unlike its metadata is refused at load
+        model(torch.zeros(1, info.n_colors, 8, 8, device=model.device))
     return model
 
 

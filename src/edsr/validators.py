@@ -196,9 +196,16 @@ def _check_can_create(path: Path, what: str) -> None:
         )
 
 
+def _path(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path; a NUL character, which no file system takes, is refused."""
+    if "\x00" in os.fsdecode(path):
+        raise EdsrError(f"{what} {os.fsdecode(path)!r}: a path cannot hold a NUL character")
+    return Path(path)
+
+
 def output_folder(path: str | os.PathLike[str], what: str = "to") -> Path:
     """A folder to write into: an existing folder, or one that can be made (nothing made here)."""
-    p = Path(path)
+    p = _path(path, f"cannot write {what}")
     if str(path) == "":
         raise EdsrError(f"cannot write {what} an empty path; give a folder")
     if os.path.lexists(p) and not p.is_dir():
@@ -210,8 +217,8 @@ def output_folder(path: str | os.PathLike[str], what: str = "to") -> Path:
 def output_file(path: str | os.PathLike[str], what: str = "") -> Path:
     """A file to write: not a folder, with a parent that is or can be made a folder. Whether an
     existing file may be replaced is for the writer to say (``--overwrite``)."""
-    p = Path(path)
     what = what or "the file"
+    p = _path(path, f"cannot write {what}")
     if str(path) == "":
         raise EdsrError(f"cannot write {what}: the path is empty; give a file name")
     if p.is_dir():
@@ -222,7 +229,7 @@ def output_file(path: str | os.PathLike[str], what: str = "") -> Path:
 
 def output_path(path: str | os.PathLike[str], what: str = "to") -> Path:
     """A file or a folder to write (which one the input decides): only its parents are checked."""
-    p = Path(path)
+    p = _path(path, f"cannot write {what}")
     if str(path) == "":
         raise EdsrError(f"cannot write {what} an empty path")
     _check_can_create(p, what)
@@ -231,7 +238,7 @@ def output_path(path: str | os.PathLike[str], what: str = "to") -> Path:
 
 def input_folder(path: str | os.PathLike[str], what: str = "folder") -> Path:
     """A folder that exists."""
-    p = Path(path)
+    p = _path(path, what)
     if not p.exists():
         raise EdsrError(f"{what} {p} does not exist")
     if not p.is_dir():
@@ -241,7 +248,7 @@ def input_folder(path: str | os.PathLike[str], what: str = "folder") -> Path:
 
 def input_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     """A file that exists."""
-    p = Path(path)
+    p = _path(path, what)
     if not p.exists():
         raise EdsrError(f"{what} {p} does not exist")
     if p.is_dir():

@@ -83,6 +83,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="uploads that may be arriving at once; the next gets 503 (default 16)",
     )
     p.add_argument(
+        "--max-uploads-per-client",
+        type=whole_number(1, 10_000),
+        default=4,
+        help="of those, uploads one client address may have arriving; its next gets 429 "
+        "(default 4; behind a reverse proxy every client has the proxy's address)",
+    )
+    p.add_argument(
         "--max-memory",
         type=memory_size,
         help="tile working memory per worker, e.g. 2GiB (default: automatic)",
@@ -119,6 +126,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         upload_timeout=args.upload_timeout,
         max_uploads=args.max_uploads,
+        max_uploads_per_client=args.max_uploads_per_client,
         max_memory=args.max_memory,
         tmp_dir=args.tmp_dir,
     )

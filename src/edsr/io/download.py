@@ -144,7 +144,10 @@ def part_path(dest: Path) -> Path:
 def reason(exc: BaseException) -> str:
     """A short, one-line reason for a failed transfer."""
     if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}".strip()
+        # urllib's redirect handler gives up with a three-line reason of its own
+        if "redirect error that would lead to an infinite loop" in str(exc.reason):
+            return f"a redirect loop: HTTP {exc.code} after too many redirects"
+        return one_line(f"HTTP {exc.code} {exc.reason}".strip(), limit=120)
     if isinstance(exc, urllib.error.URLError):
         if not isinstance(exc.reason, BaseException):
             return str(exc.reason)

@@ -112,7 +112,7 @@ def model_from_config(config: dict) -> SRModel:
                 pre_kernel=int(cfg.get("pre_kernel", 5)),
                 rgb_mean=tuple(cfg.get("rgb_mean", DIV2K_RGB_MEAN)),
             )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise EdsrError(f"model config is incomplete or invalid ({e!r}): {config}") from None
     raise EdsrError(f"unknown architecture {arch!r} in model config; expected 'edsr' or 'mdsr'")
 

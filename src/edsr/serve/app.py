@@ -11,6 +11,7 @@ work itself is :mod:`edsr.serve.jobs` (queue, time limit, cancellation) and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -42,6 +43,7 @@ from edsr.io.image import IMAGE_EXTENSIONS, first_frame_note
 from edsr.serve.config import ServeConfig
 from edsr.serve.jobs import Busy, Gone, JobIdInUse, JobQueue, JobState, ShuttingDown, TimedOut
 from edsr.serve.middleware import (
+    SHUTTING_DOWN,
     UPSCALE_PATH,
     ApiError,
     Guard,
@@ -221,8 +223,11 @@ class EdsrServer:
             queue=config.queue,
             timeout=config.timeout,
             uploads=config.max_uploads,
+            uploads_per_client=config.max_uploads_per_client,
+            upload_timeout=config.upload_timeout,
         )
         self.tmp_root: Path | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once it runs
         self.started = time.monotonic()
         self.budget = self._budget()
         # Probing a model (for tiling) runs it once per scale: do it now, before any request,
@@ -241,8 +246,16 @@ class EdsrServer:
         share = default_memory_budget(device) // self.config.workers
         return share if device.type == "cuda" else min(share, 2 * 1024**3)
 
+    def stop_soon(self) -> None:
+        """The server was told to stop (SIGTERM, Ctrl-C): the requests in flight answer 503
+        now instead of being cancelled at the end of the grace period. Safe from a signal
+        handler or another thread."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.queue.shut_down)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self.loop = asyncio.get_running_loop()
         self.queue.start()
         self.tmp_root = Path(tempfile.mkdtemp(prefix="edsr-serve-", dir=self.config.tmp_dir))
         log.info("temporary files under %s", self.tmp_root)
@@ -260,6 +273,7 @@ class EdsrServer:
             "timeout_s": c.timeout,
             "upload_timeout_s": c.upload_timeout,
             "max_uploads": c.max_uploads,
+            "max_uploads_per_client": c.max_uploads_per_client,
             "workers": c.workers,
             "queue": c.queue,
             "formats": [f.value for f in OutputFormat],
@@ -328,7 +342,12 @@ class EdsrServer:
             data = await request.body()
             upload, filename, size = BytesIO(data), options.filename or "image", len(data)
         if size == 0:
-            raise ApiError(422, "no image in the request (multipart form field 'image')")
+            raise ApiError(
+                422,
+                "no image in the request (multipart form field 'image')"
+                if image is not None
+                else "the request body is empty: send the image's bytes as the body",
+            )
         if size > self.config.max_upload_bytes:
             raise ApiError(413, too_large(self.config))
         self.choose(options)  # an unknown model or scale is said before the upload is read
@@ -370,7 +389,7 @@ class EdsrServer:
         except Gone:
             return Response(status_code=499)  # nobody is listening
         except ShuttingDown:
-            raise ApiError(503, "the server is shutting down", {"Retry-After": "5"}) from None
+            raise ApiError(503, SHUTTING_DOWN, {"Retry-After": "5"}) from None
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, MemoryError) or "memory" in str(e).lower():
                 raise ApiError(

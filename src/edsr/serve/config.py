@@ -14,7 +14,9 @@ class ServeConfig:
 
     ``timeout`` bounds a request from the moment its upload has arrived (waiting for a worker
     and the upscale); ``upload_timeout`` bounds the upload itself, and at most ``max_uploads``
-    may be arriving at once, so slow clients hold sockets and memory, never a worker's place.
+    may be arriving at once, so slow clients hold sockets and memory, never a worker's place;
+    ``max_uploads_per_client`` of them from one client address, so one client cannot hold
+    them all.
     """
 
     max_upload_bytes: int = 20 * 2**20
@@ -24,6 +26,7 @@ class ServeConfig:
     timeout: float = 300.0
     upload_timeout: float = 30.0
     max_uploads: int = 16
+    max_uploads_per_client: int = 4
     max_memory: int | str | None = None
     tmp_dir: str | None = None
     # Host header values answered (any port); None answers every host. A server bound to
@@ -46,6 +49,10 @@ class ServeConfig:
             validators.finite_float(seconds, flag)
         if self.max_uploads < 1:
             raise EdsrError(f"--max-uploads must be at least 1, got {self.max_uploads}")
+        if self.max_uploads_per_client < 1:
+            raise EdsrError(
+                f"--max-uploads-per-client must be at least 1, got {self.max_uploads_per_client}"
+            )
         if self.tmp_dir is not None:
             # Checked here, before a server starts: the temp folder is made at startup, where a
             # failure is a framework's traceback instead of a line that says what to fix.

@@ -12,10 +12,15 @@ Why it is shaped this way:
   an admitted request at most one upload and one image.
 - The work runs in a pool of ``workers`` threads, so the event loop keeps answering health
   checks, progress polls and refusals while the model computes (PyTorch releases the GIL).
+- One client (by address) may have at most ``uploads_per_client`` uploads arriving at once
+  (:class:`TooManyUploads`), so one client cannot hold every upload's place.
 - Work is stopped, not merely abandoned: a job past its deadline or whose client went away has
   its stop flag set, the worker sees it through ``should_stop`` before its next tile and
   returns. A worker slot is given back only when its thread has really finished, so
   ``running`` is honest and a timed-out job cannot keep a worker busy.
+- When the server is told to stop (SIGTERM), :meth:`JobQueue.shut_down` stops every job and
+  every request waiting for or running one ends at once with :class:`ShuttingDown`, inside
+  the server's grace period rather than cancelled at its end.
 """
 
 from __future__ import annotations
@@ -67,7 +72,15 @@ class Gone(Exception):
 
 
 class ShuttingDown(Exception):
-    """The job was stopped because the server is closing."""
+    """The job was stopped, or the request refused, because the server is closing."""
+
+
+class TooManyUploads(Exception):
+    """This client already has its share of the uploads arriving; ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many uploads from this client")
+        self.retry_after = retry_after
 
 
 class JobIdInUse(Exception):
@@ -112,14 +125,28 @@ class Job:
 
 class JobQueue:
     """``workers`` threads, room for ``queue`` more requests, ``timeout`` seconds a request,
-    ``uploads`` requests whose upload is still arriving."""
+    ``uploads`` requests whose upload is still arriving, ``uploads_per_client`` of them from
+    one client, which may wait ``upload_timeout`` for one of its own to arrive."""
 
-    def __init__(self, *, workers: int, queue: int, timeout: float, uploads: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        queue: int,
+        timeout: float,
+        uploads: int = 16,
+        uploads_per_client: int = 4,
+        upload_timeout: float = 30.0,
+    ) -> None:
         self.workers = workers
         self.capacity = workers + queue
         self.timeout = timeout
         self.max_uploads = uploads
+        self.max_uploads_per_client = uploads_per_client
+        self.upload_timeout = upload_timeout
         self.uploading = 0  # requests whose upload is still arriving
+        self.uploading_from: dict[str, int] = {}  # the same, by client address
+        self.closing = False
         self.admitted = 0  # requests held, from after their upload until after their answer
         self.running = 0  # worker threads busy, until each has really returned
         self.jobs: dict[str, Job] = {}
@@ -127,15 +154,26 @@ class JobQueue:
         self._avg_seconds = 2.0  # running mean of job times, for retry_after
         self._pool: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._closed: asyncio.Event | None = None
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="edsr-serve")
         self._slots = asyncio.Semaphore(self.workers)
+        self._closed = asyncio.Event()
+
+    def shut_down(self) -> None:
+        """The server is stopping: every job is told to stop, every request waiting for or
+        running one ends with :class:`ShuttingDown` now, and no request is admitted again.
+        On the event loop's thread."""
+        self.closing = True
+        for job in self.jobs.values():
+            job.stop()
+        if self._closed is not None:
+            self._closed.set()
 
     async def close(self) -> None:
         """Stop every job and wait for the workers to return."""
-        for job in self.jobs.values():
-            job.stop()
+        self.shut_down()
         if self._pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
 
@@ -145,17 +183,36 @@ class JobQueue:
         waiting = max(1, self.admitted)
         return max(1, min(120, math.ceil(self._avg_seconds * waiting / self.workers)))
 
-    def receiving(self) -> contextlib.AbstractContextManager[None]:
-        """Hold an upload's place while its body arrives; :class:`Busy` if all are taken."""
-        return self._hold("uploading", self.max_uploads)
+    @contextlib.contextmanager
+    def receiving(self, client: str | None = None) -> Iterator[None]:
+        """Hold an upload's place while its body arrives: :class:`TooManyUploads` if
+        ``client`` (an address) has its share arriving already, :class:`Busy` if every place
+        is taken."""
+        if client is not None and self.uploading_from.get(client, 0) >= self.max_uploads_per_client:
+            # by then each of its uploads has arrived or been refused
+            raise TooManyUploads(max(1, math.ceil(self.upload_timeout)))
+        with self._hold("uploading", self.max_uploads):
+            if client is None:
+                yield
+                return
+            self.uploading_from[client] = self.uploading_from.get(client, 0) + 1
+            try:
+                yield
+            finally:
+                self.uploading_from[client] -= 1
+                if not self.uploading_from[client]:
+                    del self.uploading_from[client]
 
     def admit(self) -> contextlib.AbstractContextManager[None]:
-        """Hold a place for one request for the duration of the block; :class:`Busy` if full."""
+        """Hold a place for one request for the duration of the block; :class:`Busy` if full,
+        :class:`ShuttingDown` once the server is stopping."""
         return self._hold("admitted", self.capacity)
 
     @contextlib.contextmanager
     def _hold(self, counter: str, limit: int) -> Iterator[None]:
-        # Both counters are touched only on the event loop's thread: no lock is needed.
+        # The counters are touched only on the event loop's thread: no lock is needed.
+        if self.closing:
+            raise ShuttingDown
         if getattr(self, counter) >= limit:
             raise Busy(self.retry_after())
         setattr(self, counter, getattr(self, counter) + 1)
@@ -210,15 +267,17 @@ class JobQueue:
         await and is cancelled when run returns.
         """
         assert self._slots is not None and self._pool is not None, "start() was not called"
+        assert self._closed is not None
         loop = asyncio.get_running_loop()
         watch = asyncio.ensure_future(gone)
+        closed = asyncio.ensure_future(self._closed.wait())
         try:
             try:
-                await _race(self._slots.acquire(), deadline, watch)
+                await _race(self._slots.acquire(), deadline, watch, closed)
             except TimeoutError:
                 job.end(JobState.FAILED)
                 raise Busy(self.retry_after(), waited=True) from None
-            except (Gone, asyncio.CancelledError):
+            except (Gone, ShuttingDown, asyncio.CancelledError):
                 job.end(JobState.CANCELLED)
                 raise
             self.running += 1
@@ -239,8 +298,8 @@ class JobQueue:
 
             fut.add_done_callback(worker_returned)
             try:
-                result = await _race(asyncio.shield(fut), deadline, watch)
-            except (TimeoutError, Gone, asyncio.CancelledError) as e:
+                result = await _race(asyncio.shield(fut), deadline, watch, closed)
+            except (TimeoutError, Gone, ShuttingDown, asyncio.CancelledError) as e:
                 job.stop()
                 abandoned = True
                 job.end(JobState.CANCELLED)
@@ -257,15 +316,19 @@ class JobQueue:
             return result
         finally:
             watch.cancel()
+            closed.cancel()
 
 
-async def _race(aw: Awaitable[T], deadline: float, watch: asyncio.Future[Any]) -> T:
-    """Await ``aw`` until ``deadline``; TimeoutError after it, :class:`Gone` if ``watch`` ends."""
+async def _race(
+    aw: Awaitable[T], deadline: float, watch: asyncio.Future[Any], closed: asyncio.Future[Any]
+) -> T:
+    """Await ``aw`` until ``deadline``: TimeoutError after it, :class:`Gone` if ``watch``
+    ends, :class:`ShuttingDown` if ``closed`` does."""
     task = asyncio.ensure_future(aw)
     timeout = max(0.0, deadline - asyncio.get_running_loop().time())
     try:
         done, _ = await asyncio.wait(
-            {task, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            {task, watch, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
     except BaseException:
         task.cancel()
@@ -275,4 +338,6 @@ async def _race(aw: Awaitable[T], deadline: float, watch: asyncio.Future[Any]) -
     task.cancel()
     if watch in done:
         raise Gone
+    if closed in done:
+        raise ShuttingDown
     raise TimeoutError

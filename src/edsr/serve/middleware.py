@@ -2,10 +2,11 @@
 after its answer has gone out, which route handlers cannot do.
 
 - :class:`UploadGate`, for ``POST /v1/upscale``: the upload read in full first, within the
-  upload limit, the upload time limit and the count of uploads in flight, and only then
-  admission (503 when every worker is busy and the queue is full), so a slow client costs a
-  socket, not a worker's place; a refused body drained (bounded) before the answer, since
-  answering while the client still sends can reset the connection first.
+  upload limit, the upload time limit, the count of uploads in flight and one client's share
+  of them (429 beyond it), and only then admission (503 when every worker is busy and the
+  queue is full, or the server is stopping), so a slow client costs a socket, not a worker's
+  place; a refused body drained (bounded) before the answer, since answering while the client
+  still sends can reset the connection first.
 - :class:`Guard`: the Host check against DNS rebinding, and the page's security headers.
 """
 
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edsr.serve.config import ServeConfig
-from edsr.serve.jobs import Busy, JobQueue
+from edsr.serve.jobs import Busy, JobQueue, ShuttingDown, TooManyUploads
 
 UPSCALE_PATH = "/v1/upscale"
 # Room for the multipart framing and the small text fields around the image itself.
@@ -115,14 +116,29 @@ class UploadGate:
                 await drain(receive, 4 * self.limit)
             await error_response(413, too_large(self.config))(scope, receive, send)
             return
+        # Behind a reverse proxy every client has the proxy's address: raise the share there.
+        client = scope["client"][0] if scope.get("client") else None
         with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, dir=self.config.tmp_dir) as body:
             try:
-                with self.queue.receiving():
+                with self.queue.receiving(client):
                     arrived = await self._read_body(receive, body)
+            except TooManyUploads as e:
+                await drain(receive, self.limit)
+                message = (
+                    f"this client has {self.config.max_uploads_per_client} uploads arriving "
+                    "already (--max-uploads-per-client); send the next when one is in"
+                )
+                await error_response(429, message, {"Retry-After": str(e.retry_after)})(
+                    scope, receive, send
+                )
+                return
             except Busy as e:
                 await drain(receive, self.limit)
                 message = "too many uploads are arriving at once; try again shortly"
                 await busy_response(e.retry_after, message)(scope, receive, send)
+                return
+            except ShuttingDown:
+                await shutting_down_response()(scope, receive, send)
                 return
             except _Refused as e:
                 await e.response(scope, receive, send)
@@ -134,6 +150,9 @@ class UploadGate:
                     admission.enter_context(self.queue.admit())
                 except Busy as e:
                     await busy_response(e.retry_after)(scope, receive, send)
+                    return
+                except ShuttingDown:
+                    await shutting_down_response()(scope, receive, send)
                     return
                 loop = asyncio.get_running_loop()
                 scope.setdefault("state", {})["deadline"] = loop.time() + self.config.timeout
@@ -229,6 +248,14 @@ class Guard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+#: The answer to a request the server will not finish because it is stopping.
+SHUTTING_DOWN = "the server is shutting down"
+
+
+def shutting_down_response() -> JSONResponse:
+    return error_response(503, SHUTTING_DOWN, {"Retry-After": "5"})
 
 
 def busy_response(retry_after: int, message: str | None = None) -> JSONResponse:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 import PIL.Image
@@ -71,6 +72,20 @@ def _cannot_listen(host: str, port: int, e: OSError) -> EdsrError:
         f"cannot listen on {host}:{port} ({e.strerror}); is another server using it? "
         "choose another --port"
     )
+
+
+def _uvicorn_server(config: Any, app: Any) -> Any:
+    """uvicorn's server, telling the app the moment a signal asks it to stop."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn waits its grace period for the requests in flight, then cancels them (a
+            # 500 and a CancelledError traceback in the log); told now, they answer 503.
+            app.state.server.stop_soon()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def serve(
@@ -138,7 +153,7 @@ def serve(
         server_header=False,
     )
     try:
-        uvicorn.Server(uv).run(sockets=[sock])
+        _uvicorn_server(uv, app).run(sockets=[sock])
     except KeyboardInterrupt:
         # uvicorn has already shut down gracefully and re-raised the Ctrl-C: a normal stop.
         print("edsr serve: stopped", file=sys.stderr, flush=True)
@@ -157,7 +172,7 @@ def background_server(
     import uvicorn
 
     sock = bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    server = _uvicorn_server(uvicorn.Config(app, log_level=log_level, lifespan="on"), app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -106,6 +106,11 @@ class TrainConfig:
             )
         if not self.train:
             raise EdsrError("no training data: give --train DIR")
+        # an empty name is no folder: read as a path it is the current folder, whatever it holds
+        if "" in self.train:
+            raise EdsrError("a training folder is named by an empty text; give its path")
+        if self.val == "":
+            raise EdsrError("the validation set is named by an empty text; give it or leave it out")
         for name in (
             "iters",
             "batch_size",
@@ -160,7 +165,7 @@ def recipe(preset: str, scales: list[int] | None = None) -> TrainConfig:
     """The paper's recipe for a preset (section 2 of the spec): L1, Adam 1e-4 halved every 2e5."""
     if preset not in PRESETS:
         raise EdsrError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if scales is None:
+    if not scales:  # none given; an empty list given is refused by validate()
         scales = [2, 3, 4] if PRESETS[preset].arch == "mdsr" else [2]
     tag = preset if PRESETS[preset].arch == "mdsr" else f"{preset}-x{scales[0]}"
     return TrainConfig(preset=preset, scales=list(scales), out=f"runs/{tag}")
@@ -188,7 +193,10 @@ def _coerce(name: str, value: object, hint: object) -> object:
             return int(value)
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # a whole number of hundreds of digits
+                pass
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -197,7 +205,8 @@ def _coerce(name: str, value: object, hint: object) -> object:
     )
 
 
-def apply_overrides(cfg: TrainConfig, values: dict, *, source: str) -> TrainConfig:
+def checked_values(values: dict, *, source: str) -> dict[str, Any]:
+    """``values`` (a TOML file's or flags') with known keys only, each of its field's type."""
     hints = typing.get_type_hints(TrainConfig)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -206,8 +215,11 @@ def apply_overrides(cfg: TrainConfig, values: dict, *, source: str) -> TrainConf
             f"unknown config key(s) in {source}: {', '.join(unknown)}; "
             f"known keys: {', '.join(sorted(known))}"
         )
-    updates: dict[str, Any] = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-    return dataclasses.replace(cfg, **updates)
+    return {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+
+
+def apply_overrides(cfg: TrainConfig, values: dict, *, source: str) -> TrainConfig:
+    return dataclasses.replace(cfg, **checked_values(values, source=source))
 
 
 def read_toml(path: str | os.PathLike) -> dict:
@@ -227,10 +239,12 @@ def resolve(
 ) -> TrainConfig:
     """Recipe of the preset, then the config file, then command-line flags (last wins)."""
     file_values = read_toml(config_file) if config_file else {}
-    preset = preset or file_values.get("preset") or "edsr-baseline"
+    # typed first: the preset and scales pick the recipe the rest of the file changes
+    file_values = checked_values(file_values, source=str(config_file))
+    preset = preset or file_values.get("preset", TrainConfig.preset)
     scales = scales or file_values.get("scales")
     cfg = recipe(preset, list(scales) if scales else None)
-    cfg = apply_overrides(cfg, file_values, source=str(config_file))
+    cfg = dataclasses.replace(cfg, **file_values)
     cfg = apply_overrides(
         cfg, {k: v for k, v in flags.items() if v is not None}, source="the command line"
     )

@@ -32,6 +32,7 @@ from edsr.errors import EdsrError, Terminated
 from edsr.evaluate import evaluate
 from edsr.inference.distributed import join
 from edsr.inference.precision import precision_name, resolve_precision
+from edsr.io.atomic import check_folder_writable
 from edsr.io.datasets import find_dataset
 from edsr.models import SRModel, build_model
 from edsr.training.config import TrainConfig, load_config, save_config
@@ -98,10 +99,29 @@ def train(
         find_dataset(cfg.val, what="validation")
     if resume is None:
         run.check_new(overwrite=overwrite)
+    if rank == 0:
+        # Tried, not only checked: a path the checks pass may still refuse a folder (/proc/x).
+        for folder in (run.path, cfg.cache_dir):
+            if folder is not None:
+                check_folder_writable(folder)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
+    model = build_model(cfg.preset, scale=scales[0], scales=scales)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+    )
+    state = run.latest_checkpoint(say) if resume is not None else None
+    if resume is not None and state is None:
+        say(f"no intact checkpoint in {run.path}; starting from step 0")
+    if state is None and cfg.init_from:
+        # Before the data is decoded, so a wrong file is refused in seconds. A resumed run
+        # without a checkpoint starts as a new one does (a recipe's stage from the last).
+        _init_from(model, cfg.init_from, say)
     data = PatchDataset(
         cfg.train,
         scales,
@@ -111,15 +131,6 @@ def train(
         progress=progress and rank == 0,
         degrade=parse_degradation(cfg.degrade),
     )
-    model = build_model(cfg.preset, scale=scales[0], scales=scales)
-    optimizer = torch.optim.Adam(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_eps,
-    )
-    if cfg.init_from and resume is None:
-        _init_from(model, cfg.init_from, say)
 
     # -- The run folder: written from here on ----------------------------------------------
     if rank == 0:
@@ -127,7 +138,6 @@ def train(
             run.clear()
         save_config(cfg, run.config)
     step, best, loss_ema = 0, -math.inf, None
-    state = run.latest_checkpoint(say) if resume is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -136,10 +146,6 @@ def train(
         if rank == 0:
             run.truncate_logs(step)
         say(f"resumed {run.path} at step {step}")
-    elif resume is not None:
-        say(f"no intact checkpoint in {run.path}; starting from step 0")
-        if cfg.init_from:  # as the start would have: a recipe's stage goes on from the last
-            _init_from(model, cfg.init_from, say)
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]

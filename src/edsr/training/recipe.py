@@ -33,10 +33,10 @@ from edsr import defaults
 from edsr.datasets import data_root, find_data
 from edsr.errors import EdsrError
 from edsr.inference.precision import resolve_precision
-from edsr.io.atomic import atomic_write
+from edsr.io.atomic import atomic_write, check_folder_writable
 from edsr.io.datasets import find_dataset
 from edsr.models import SRModel, build_model
-from edsr.training.config import TrainConfig, apply_overrides, read_toml, toml_value
+from edsr.training.config import TrainConfig, checked_values, read_toml, toml_value
 from edsr.training.config import recipe as preset_recipe
 from edsr.training.loop import train
 from edsr.training.run import RunFolder
@@ -67,9 +67,9 @@ class Stage:
 
     def config(self) -> TrainConfig:
         """The stage's training config, data still named; the runner sets ``out``, ``init_from``."""
-        preset = self.values.get("preset", TrainConfig.preset)
-        cfg = preset_recipe(preset, self.values.get("scales"))
-        cfg = apply_overrides(cfg, self.values, source=f"stage {self.name!r}")
+        values = checked_values(self.values, source=f"stage {self.name!r}")
+        cfg = preset_recipe(values.get("preset", TrainConfig.preset), values.get("scales"))
+        cfg = dataclasses.replace(cfg, **values)
         cfg.validate(run_paths=False)  # train() checks the run folder the recipe gives it
         return cfg
 
@@ -127,11 +127,18 @@ def parse_recipe(data: dict[str, Any], *, source: str) -> Recipe:
     if not isinstance(name, str) or not isinstance(tables, list) or not tables:
         raise EdsrError(f"{source} is not a recipe: it needs a name and [[stage]] tables")
     defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise EdsrError(f"{source}: defaults must be a table of config keys ([defaults])")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise EdsrError(f"{source}: description must be text")
     stages: list[Stage] = []
     for i, table in enumerate(tables, 1):
+        where = f"{source}, stage {i}"
+        if not isinstance(table, dict):
+            raise EdsrError(f"{where}: a stage is a [[stage]] table of config keys")
         values = {**defaults, **table}
         stage_name = values.pop("name", None)
-        where = f"{source}, stage {i}"
         if not isinstance(stage_name, str) or not stage_name.replace("-", "").isalnum():
             raise EdsrError(f"{where}: give it a name of letters, digits and dashes")
         if stage_name in (s.name for s in stages):
@@ -157,7 +164,7 @@ def parse_recipe(data: dict[str, Any], *, source: str) -> Recipe:
         stage = Stage(stage_name, values, init, save_as)
         stage.config()  # unknown keys and bad values fail now, not hours in
         stages.append(stage)
-    return Recipe(name, str(data.get("description", "")), tuple(stages), source)
+    return Recipe(name, description, tuple(stages), source)
 
 
 # --- data sets by name ------------------------------------------------------------------------
@@ -194,6 +201,15 @@ def with_data(cfg: TrainConfig, roots: Sequence[Path]) -> TrainConfig:
 
 
 # --- running ------------------------------------------------------------------------------------
+
+
+def check_folders(
+    out: str | os.PathLike[str], cache_dir: str | None, configs: Sequence[TrainConfig]
+) -> None:
+    """The folders a recipe run writes (its own, its caches) tried before a stage starts."""
+    caches = {cache_dir} if cache_dir else {c.cache_dir for c in configs if c.cache_dir}
+    for folder in [out, *sorted(caches)]:
+        check_folder_writable(folder)
 
 
 def stage_folder(out: Path, index: int, stage: Stage) -> RunFolder:
@@ -258,6 +274,7 @@ def run_recipe(
         raise EdsrError(f"{out} is a single training run; give the recipe another --out")
     roots = data_roots(data)
     configs = [with_data(s.config(), roots) for s in recipe.stages]
+    check_folders(out, cache_dir, configs)
     hint = resume_hint or f"edsr train --resume {out}"
 
     out.mkdir(parents=True, exist_ok=True)
@@ -384,6 +401,11 @@ def plan(
     the time it would take here, measured by :func:`time_step` (nothing is written)."""
     dev = torch.device(defaults.resolve_device(None if device is None else str(device)))
     configs = [s.config() for s in recipe.stages]
+    roots = data_roots(data)
+    # What would stop the run stops the plan, before seconds of timing: data, folders.
+    found = [with_data(c, roots) for c in configs]
+    if out is not None:
+        check_folders(out, None, found)
     running = out is not None and (Path(out) / "recipe.toml").is_file()
     measured: dict[tuple[Any, ...], StepTime] = {}
     head = ["#", "stage", "model", "train", "patch", "batch", "iters", "lr", "precision", "seed"]
@@ -432,14 +454,8 @@ def plan(
             f"{share_s / total_s:.0%} of its {torch.get_num_threads()} threads' time, so the "
             "estimate holds while it stays this busy"
         )
-    roots = data_roots(data)
     names = sorted({n for c in configs for n in [*c.train, *([c.val] if c.val else [])]})
-    for name in names:
-        try:
-            where = str(find_named(name, roots))
-        except EdsrError:
-            where = f"not found under {', '.join(map(str, roots))} (edsr data download {name})"
-        lines.append(f"data {name}: {where}")
+    lines += [f"data {name}: {find_named(name, roots)}" for name in names]
     lines.append(
         f"estimate: on {dev} ({torch.get_num_threads()} threads, torch {torch.__version__}), "
         "each stage's step timed on random patches of its shape (model, scales, batch, patch, "

@@ -12,10 +12,21 @@ from edsr.models import PRESETS
 from edsr.models.common import DIV2K_RGB_MEAN, mean_config
 
 
+def _conv(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    """The convolution weight ``key``: four dimensions (out, in, kh, kw), none of them empty."""
+    w = sd[key]
+    if w.dim() != 4 or 0 in w.shape:
+        raise CheckpointError(
+            f"tensor {key} has shape {tuple(w.shape)}, not a convolution's (out, in, k, k): "
+            "not an EDSR/MDSR checkpoint, or a damaged one"
+        )
+    return w
+
+
 def _upsampler_scale(sd: Mapping[str, torch.Tensor], prefix: str, n_feats: int) -> int:
     """Scale of a sub-pixel upsampler stored under ``prefix`` (e.g. ``tail.0.``)."""
     pat = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
-    convs = sorted((int(m.group(1)), sd[k]) for k in sd if (m := pat.match(k)))
+    convs = sorted((int(m.group(1)), _conv(sd, k)) for k in sd if (m := pat.match(k)))
     if not convs:
         raise CheckpointError(f"no upsampler convolution under '{prefix}*' in the checkpoint")
     ratio = convs[0][1].shape[0] // n_feats
@@ -47,7 +58,7 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
         raise CheckpointError(
             f"not an EDSR/MDSR checkpoint: no 'head.0.weight' key (found {sample}, ...)"
         )
-    head = sd["head.0.weight"]
+    head = _conv(sd, "head.0.weight")
     n_feats, n_colors = int(head.shape[0]), int(head.shape[1])
     # The body ends with a plain conv at index B; counting blocks instead would turn a file
     # with a missing block into a smaller model and hide the gap.
@@ -75,9 +86,11 @@ def detect_config(sd: Mapping[str, torch.Tensor], *, res_scale: float | None = N
         n_branches = len({k.split(".")[1] for k in sd if k.startswith("upsample.")})
         scales = [_upsampler_scale(sd, f"upsample.{b}.", n_feats) for b in range(n_branches)]
         pre = sd.get("pre_process.0.0.body.0.weight")
-        pre_kernel = 5 if pre is None else int(pre.shape[-1])
+        pre_kernel = 5 if pre is None else int(_conv(sd, "pre_process.0.0.body.0.weight").shape[-1])
         # The only MDSR with 3x3 pre-processing is super-image's, whose blocks scale by 0.1.
         variant = {} if pre_kernel == 5 else {"res_scale": 0.1, "pre_kernel": pre_kernel}
+        if res_scale is not None:
+            variant["res_scale"] = float(res_scale)
         return {
             "arch": "mdsr",
             "scales": scales,

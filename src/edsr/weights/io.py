@@ -19,9 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from edsr.errors import CheckpointError, one_line
+from edsr.errors import CheckpointError, EdsrError, one_line
 from edsr.io.atomic import atomic_open
 from edsr.models import SRModel, model_from_config
+from edsr.models.common import DIV2K_RGB_MEAN
 from edsr.weights import superimage
 from edsr.weights.convert import (
     StateDict,
@@ -106,14 +107,19 @@ def file_kind(path: str | os.PathLike) -> str:
 
 
 def read_checkpoint(
-    path: str | os.PathLike, *, scale: int | None = None, authors: bool = False
+    path: str | os.PathLike,
+    *,
+    scale: int | None = None,
+    authors: bool = False,
+    accepts: str = MODEL_ACCEPTS,
 ) -> tuple[StateDict, dict | None, dict[str, str]]:
     """Return (official-layout state dict, embedded config or None, safetensors metadata).
 
     ``path`` may also be a super-image folder or Hugging Face hub id (``scale`` picks its
     weights file); a super-image file comes back converted, with the config it needs.
     ``authors``: the file is known to be in the authors' convention (a registry entry,
-    hash-checked), so it is not :func:`_decide_convention`'s to judge.
+    hash-checked), so it is not :func:`_decide_convention`'s to judge. ``accepts`` ends the
+    message about a file of another kind: what the caller takes.
     """
     path = Path(path)
     if not path.exists() and (repo := superimage.hub_id(path)):
@@ -135,7 +141,7 @@ def read_checkpoint(
             "the checkpoint it was exported from"
         )
     if kind not in ("safetensors", "pytorch"):
-        raise CheckpointError(f"{path} looks like {_article(kind)}, not a model; {MODEL_ACCEPTS}")
+        raise CheckpointError(f"{path} looks like {_article(kind)}, not a model; {accepts}")
     if kind == "safetensors":
         try:
             sd = load_file(str(path))
@@ -148,10 +154,16 @@ def read_checkpoint(
                 f"checkpoint {path} is a damaged safetensors file ({e})"
             ) from None
         config = None
-        if meta.get("format") == FORMAT_NAME and "config" in meta:
+        ours = meta.get("format") == FORMAT_NAME
+        if ours and meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} is in edsr's format version {meta['format_version']!r}; "
+                f"this edsr reads version {FORMAT_VERSION}: upgrade edsr to read it"
+            )
+        if ours and "config" in meta:
             try:
                 config = json.loads(meta["config"])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # nested past Python's stack
                 raise CheckpointError(f"checkpoint {path} has a corrupt embedded config") from None
         return _finite(fill_authors_mean(normalize_state_dict(sd)), path), config, meta
     try:
@@ -204,7 +216,7 @@ def _decide_convention(sd: StateDict, path: Path) -> tuple[StateDict, dict | Non
             why = "its weights (they keep a flat gray only on 0..1 images)"
     if why is None:
         return sd, None, {}
-    cfg = superimage.folder_config(path.parent)
+    cfg = superimage.config_beside(path)
     try:
         sd, config = superimage.from_superimage(sd, cfg, name=path.name, source=str(path))
     except KeyError as e:
@@ -221,8 +233,15 @@ def _article(kind: str) -> str:
 
 
 def _finite(sd: StateDict, path: Path) -> StateDict:
-    """``sd``, refused if a tensor holds NaN or infinity: such weights turn every image black."""
+    """``sd``, refused if a tensor holds NaN or infinity (such weights turn every image black)
+    or whole numbers (no trained weights are: the file is something else)."""
     for key, tensor in sd.items():
+        if not tensor.is_floating_point():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            raise CheckpointError(
+                f"checkpoint {path} holds tensor {key} as {dtype}, not floating point: these "
+                "are not a model's weights"
+            )
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             what = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
             raise CheckpointError(
@@ -285,23 +304,58 @@ def model_from_state_dict(
         config = detect_config(sd, res_scale=res_scale)
     else:
         _check_claims(config, sd, source)
-        if res_scale is not None and config.get("arch") == "edsr":
+        if res_scale is not None:
             config = {**config, "res_scale": float(res_scale)}
-    model = model_from_config(config)
+    try:
+        model = model_from_config(config)
+    except EdsrError as e:  # the config's value is the file's: name it
+        raise CheckpointError(f"{source}: {e}") from None
     _check_strict(model, sd, config, source)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model.eval()
 
 
 _SIZE_KEYS = ("arch", "n_resblocks", "n_feats", "n_colors")
+_SIZE_NAMES = (*_SIZE_KEYS, "scales", "pre_kernel")
 
 
 def _size(config: Mapping[str, Any]) -> tuple:
-    scales: Any = config.get("scales") if config.get("arch") == "mdsr" else [config.get("scale")]
+    """What of ``config`` the tensors' shapes show, compared as is: a scale 2.5 or "2" is not
+    the 2 the upsampler holds."""
+    mdsr = config.get("arch") == "mdsr"
+    scales: Any = config.get("scales") if mdsr else [config.get("scale")]
     try:
-        return (*(config.get(k) for k in _SIZE_KEYS), tuple(sorted(int(s) for s in scales or ())))
-    except (TypeError, ValueError):
-        return (*(config.get(k) for k in _SIZE_KEYS), None)
+        held: tuple | None = tuple(sorted(scales or ()))
+    except TypeError:  # not a list, or of things that do not compare
+        held = None
+    # MDSR's pre-process kernel is in the shapes too; its configs leave out the authors' 5
+    pre_kernel = config.get("pre_kernel", 5) if mdsr else None
+    return (*(config.get(k) for k in _SIZE_KEYS), held, pre_kernel)
+
+
+def _check_mean(config: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """The mean shift a config claims (``rgb_range`` times ``rgb_mean``) against the one the
+    file holds (``sub_mean.bias``)."""
+    bias = sd.get("sub_mean.bias")
+    if bias is None:
+        return
+    rgb_range, rgb_mean = config.get("rgb_range", 255.0), config.get("rgb_mean", DIV2K_RGB_MEAN)
+    try:
+        implied = -float(rgb_range) * torch.tensor(
+            [float(m) for m in rgb_mean], dtype=torch.float64
+        )
+    except (TypeError, ValueError, OverflowError):
+        implied = None
+    if (
+        implied is None
+        or implied.shape != bias.shape
+        or not torch.allclose(implied, bias.double(), rtol=1e-3, atol=1e-3)
+    ):
+        raise CheckpointError(
+            f"{source}: its config says rgb_range = {rgb_range!r}, rgb_mean = {rgb_mean!r}, its "
+            f"mean shift holds {[round(float(b), 4) for b in bias.flatten()[:4]]}; the config "
+            "does not describe these weights (damaged or edited)"
+        )
 
 
 def _check_claims(config: object, sd: Mapping[str, torch.Tensor], source: str) -> None:
@@ -313,12 +367,12 @@ def _check_claims(config: object, sd: Mapping[str, torch.Tensor], source: str) -
     facts = detect_config(sd)
     claimed, held = _size({**facts, **config}), _size(facts)
     if claimed != held:
-        names = [*_SIZE_KEYS, "scales"]
         diff = next(i for i, (a, b) in enumerate(zip(claimed, held, strict=True)) if a != b)
         raise CheckpointError(
-            f"{source}: its config says {names[diff]} = {claimed[diff]!r}, its tensors hold "
-            f"{held[diff]!r}; the config does not describe these weights (damaged or edited)"
+            f"{source}: its config says {_SIZE_NAMES[diff]} = {claimed[diff]!r}, its tensors "
+            f"hold {held[diff]!r}; the config does not describe these weights (damaged or edited)"
         )
+    _check_mean(config, sd, source)
 
 
 def save_model(

@@ -222,12 +222,29 @@ def _device(device: str | torch.device | None) -> torch.device:
         raise EdsrError(
             f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu"
         )
+    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise EdsrError(
+            f"device {device!r} asked for, but this machine has {n} CUDA GPU(s): cuda:0 to "
+            f"cuda:{n - 1}"
+        )
+    others = {
+        "mps": ("MPS (Apple GPU)", getattr(torch.backends, "mps", None)),
+        "xpu": ("XPU (Intel GPU)", getattr(torch, "xpu", None)),
+    }
+    if target.type in others:
+        backend, module = others[target.type]
+        if module is None or not module.is_available():
+            raise EdsrError(
+                f"device {device!r} asked for, but this PyTorch has no {backend} support or "
+                "the machine no such GPU; use --device cpu"
+            )
     return target
 
 
 def _config(entry: WeightsEntry, res_scale: float | None) -> dict[str, Any]:
     config = entry.config()
-    if res_scale is not None and entry.arch == "edsr":
+    if res_scale is not None:  # EDSR's and MDSR's blocks both scale their residual
         config["res_scale"] = float(res_scale)
     return config
 

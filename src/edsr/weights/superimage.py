@@ -26,6 +26,7 @@ from torch import nn
 
 from edsr.errors import CheckpointError, one_line
 from edsr.models import SRModel, model_from_config
+from edsr.validators import MAX_RES_SCALE, finite_float
 from edsr.weights.convert import StateDict
 from edsr.weights.detect import detect_config
 
@@ -41,18 +42,29 @@ MDSR_RES_SCALE = 0.1
 FLAT_PICTURE = 16.0
 
 
-def folder_config(folder: Path) -> dict[str, Any] | None:
-    """super-image's ``config.json`` in ``folder``; None when there is none (or not its)."""
-    path = folder / CONFIG_NAME
+def config_beside(weights: Path) -> dict[str, Any] | None:
+    """super-image's ``config.json`` beside the file ``weights``; None when there is none, or
+    it is another project's. Beside a file named as ``save_pretrained`` names it, the config
+    is that file's: one that is not a super-image config (an object with a model_type) is
+    refused as damaged."""
+    path = weights.parent / CONFIG_NAME
     if not path.is_file():
         return None
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path} is not a readable JSON file ({one_line(e)})") from None
-    kind = cfg.get("model_type") if isinstance(cfg, dict) else None
-    if not isinstance(kind, str):
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        if WEIGHTS_NAME.match(weights.name):
+            raise CheckpointError(
+                f"{path} is not a super-image config (a JSON object with a model_type) but "
+                f"{weights.name} beside it is named as super-image names its weights; the "
+                "folder is damaged: download it again"
+            )
         return None  # some other project's config: not evidence either way
+    kind = cfg["model_type"]
+    if not isinstance(kind, str):
+        raise CheckpointError(f"{path}: its model_type is {kind!r}, not a model name")
     if kind.upper() not in _ARCHS:
         raise CheckpointError(
             f"{path} describes a super-image {kind} model; edsr reads its EDSR and MDSR models only"
@@ -124,7 +136,7 @@ def is_superimage_mdsr(sd: Mapping[str, torch.Tensor]) -> bool:
 def evidence(path: Path, sd: Mapping[str, torch.Tensor]) -> str | None:
     """Why ``path`` is a super-image file (its config beside it, its name, its MDSR key
     names); None when nothing says so."""
-    if folder_config(path.parent) is not None:
+    if config_beside(path) is not None:
         return f"{CONFIG_NAME} beside it"
     if WEIGHTS_NAME.match(path.name):
         return "its file name"
@@ -155,14 +167,28 @@ def _rename_mdsr(sd: StateDict, source: str) -> tuple[StateDict, int]:
 def from_superimage(
     sd: StateDict, cfg: Mapping[str, Any] | None, *, name: str, source: str
 ) -> tuple[StateDict, dict[str, Any]]:
-    """(our state dict, our config) of a super-image EDSR or MDSR: biases x255, zero mean."""
-    kind = str(cfg.get("model_type", "")).upper() if cfg else ""
-    if cfg and cfg.get("bam") or any(".attention." in k for k in sd):
+    """(our state dict, our config) of a super-image EDSR or MDSR: biases x255, zero mean.
+
+    What edsr reads of ``cfg`` is checked here: its flags are true or false, its res_scale a
+    number, and the sizes it gives are the tensors' (its other keys are not read)."""
+    cfg = dict(cfg or {})
+    kind = str(cfg.get("model_type", "")).upper()
+    for flag in ("bam", "no_upsampling"):
+        if not isinstance(cfg.get(flag, False), bool):
+            raise CheckpointError(
+                f"{source}: its {CONFIG_NAME} says {flag} = {cfg[flag]!r}, "
+                "not true or false; the config is damaged"
+            )
+    if "res_scale" in cfg:
+        cfg["res_scale"] = finite_float(
+            cfg["res_scale"], f"{source}: its {CONFIG_NAME}'s res_scale", maximum=MAX_RES_SCALE
+        )
+    if cfg.get("bam") or any(".attention." in k for k in sd):
         raise CheckpointError(
             f"{source} is a super-image MDSR with BAM attention blocks (mdsr-bam), an "
             "architecture edsr does not have; use the plain MDSR (eugenesiow/mdsr)"
         )
-    if cfg and cfg.get("no_upsampling"):
+    if cfg.get("no_upsampling"):
         raise CheckpointError(f"{source} is a super-image EDSR without upsampler: not a model")
     mdsr = is_superimage_mdsr(sd)
     if kind and _ARCHS[kind] != ("mdsr" if mdsr else "edsr"):
@@ -183,9 +209,15 @@ def from_superimage(
     for shift in ("sub_mean", "add_mean"):
         out[f"{shift}.weight"], out[f"{shift}.bias"] = eye.clone(), torch.zeros(n_colors)
     # The identity mean shifts read as a zero mean, the 3x3 pre-process as super-image's MDSR.
-    config = detect_config(out, res_scale=cfg.get("res_scale") if cfg and not mdsr else None)
+    config = detect_config(out, res_scale=None if mdsr else cfg.get("res_scale"))
     if mdsr:  # its blocks scale by 0.1 whatever the pre-process kernel
         config["res_scale"] = MDSR_RES_SCALE
+    for key in ("n_resblocks", "n_feats", "n_colors"):  # claims: the tensors are the facts
+        if key in cfg and cfg[key] != config[key]:
+            raise CheckpointError(
+                f"{source}: its {CONFIG_NAME} says {key} = {cfg[key]!r}, its tensors hold "
+                f"{config[key]!r}; the config belongs to another file, or is damaged"
+            )
     named = WEIGHTS_NAME.match(name)
     has = config["scales"] if mdsr else [config["scale"]]
     if named and named.group(1) and int(named.group(1)) not in has:

@@ -22,6 +22,8 @@ from edsr.weights.detect import detect_config
 from edsr.weights.io import read_checkpoint
 
 _FINAL_CONV = {"edsr": "tail.1.", "mdsr": "tail.0."}
+#: What ``--init-from`` accepts, for a message about a file that is not one.
+INIT_ACCEPTS = "--init-from takes a checkpoint (.pt, .pth, .safetensors) of a trained EDSR or MDSR"
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,8 @@ def init_from(model: SRModel, path: str | os.PathLike[str]) -> Transfer:
     with ``model`` is an :class:`EdsrError`.
     """
     name = Path(path).name
-    src, src_cfg, _ = read_checkpoint(path)
-    if src_cfg is None:
-        src_cfg = detect_config(src)
+    src, _, _ = read_checkpoint(path, accepts=INIT_ACCEPTS)
+    src_cfg = detect_config(src)  # the tensors' arch and scales: a file's config only claims
     own_cfg = model.config()
     load: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
