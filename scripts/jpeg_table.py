@@ -1,5 +1,5 @@
 """The JPEG table: PSNR gain over bicubic of the same LR, for the clean default model, the
-JPEG-aware model and the default route, on lossless LR, JPEG LR and OpenCV's LR.
+JPEG-aware models and the default route, on lossless LR, JPEG LR and OpenCV's LR.
 
     python scripts/jpeg_table.py --data-root ../shared/datasets/benchmark --out docs/jpeg-eval
 
@@ -10,6 +10,8 @@ spec (``jpeg:75``: saved by Pillow at quality 75, 4:2:0 chroma), or OpenCV's ``c
 (``cv2-cubic``: INTER_CUBIC, aliased; ``cv2-area``: INTER_AREA) written as PNG. The route's
 column is the model :func:`edsr.defaults.route` picks for that input: a JPEG's quality is
 read from its file, a PNG is clean. PSNR on Y, shave = scale, outputs rounded to 0..255.
+It prints the summary (mean and worst cell per LR kind: the README's table), then one table
+per LR kind.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", metavar="MODEL", help="make these models' reports, print no table"
     )
     args = p.parse_args(argv)
-    models = [BICUBIC, CLEAN_MODEL, defaults.JPEG_MODEL]
+    models = [BICUBIC, CLEAN_MODEL, *defaults.route_models()]
     if args.only:
         for lr in args.lr:
             data = [args.data_root / s for s in args.sets]
@@ -111,32 +113,58 @@ def main(argv: list[str] | None = None) -> int:
                 (r["dataset"], r["scale"]): r["psnr"] - base[(r["dataset"], r["scale"])]
                 for r in rows[m]["results"]
             }
-        gains[("route", lr)] = gains[(route_for(lr), lr)]
+        gains[(ROUTE, lr)] = gains[(route_for(lr), lr)]
     cells = [(s, x) for s in args.sets for x in args.scale]
-    head = "| data set | scale | " + " | ".join(
-        f"{lr} {who}" for lr in args.lr for who in ("(a) clean", "(b) jpeg", "(c) route")
-    )
-    print(head + " |")
-    print("|---" * (2 + 3 * len(args.lr)) + "|")
-    for s, x in cells:
-        vals = [
-            f"{gains[(m, lr)][(s, x)]:+.2f}"
-            for lr in args.lr
-            for m in (CLEAN_MODEL, defaults.JPEG_MODEL, "route")
-        ]
-        print(f"| {s} | x{x} | " + " | ".join(vals) + " |")
-    for stat, f in (("mean", statistics.mean), ("min", min)):
-        vals = [
-            f"{f([gains[(m, lr)][c] for c in cells]):+.2f}"
-            for lr in args.lr
-            for m in (CLEAN_MODEL, defaults.JPEG_MODEL, "route")
-        ]
-        print(f"| {stat} | | " + " | ".join(vals) + " |")
-    print(
-        f"gain in dB over bicubic of the same LR; precision {args.precision}; route: "
-        + ", ".join(f"{lr} -> {route_for(lr)}" for lr in args.lr)
-    )
+    columns = [*models[1:], ROUTE]
+    print(summary(gains, args.lr, columns, cells))
+    for lr in args.lr:
+        print(f"\n### {lr} (the route: {route_for(lr)})\n")
+        print(
+            "| data set | scale | " + " | ".join(f"`{m}`" for m in columns) + " | route - today |"
+        )
+        print("|---" * (3 + len(columns)) + "|")
+        for c in [*cells, "mean", "min"]:
+            if isinstance(c, tuple):
+                vals = [gains[(m, lr)][c] for m in columns]
+                delta = gains[(ROUTE, lr)][c] - gains[(CLEAN_MODEL, lr)][c]
+                label = f"{c[0]} | x{c[1]}"
+            else:
+                f = statistics.mean if c == "mean" else min
+                vals = [f(gains[(m, lr)][k] for k in cells) for m in columns]
+                delta = f(gains[(ROUTE, lr)][k] - gains[(CLEAN_MODEL, lr)][k] for k in cells)
+                label = f"{c} |"
+            print(f"| {label} | " + " | ".join(f"{v:+.2f}" for v in vals) + f" | {delta:+.2f} |")
+    print(f"\ngain in dB over bicubic of the same LR; precision {args.precision}")
     return 0
+
+
+#: The default route's column: for each LR, the model :func:`edsr.defaults.route` picks.
+ROUTE = "route"
+
+
+def summary(
+    gains: dict[tuple[str, str], dict[tuple[str, int], float]],
+    lrs: list[str],
+    columns: list[str],
+    cells: list[tuple[str, int]],
+) -> str:
+    """Mean gain (worst cell) per LR kind and model: the README's table."""
+    names = {ROUTE: "the default route"}
+    lines = [
+        "| LR | " + " | ".join(names.get(m, f"`{m}` alone") for m in columns) + " |",
+        "|---" * (1 + len(columns)) + "|",
+    ]
+    for lr in lrs:
+        vals = [gains[(m, lr)] for m in columns]
+        lines.append(
+            f"| {lr} | "
+            + " | ".join(
+                f"{statistics.mean(v[c] for c in cells):+.2f} ({min(v[c] for c in cells):+.2f})"
+                for v in vals
+            )
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

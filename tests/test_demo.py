@@ -64,7 +64,10 @@ def test_the_jpeg_case_shows_the_route_beating_the_clean_model(tmp_path, bundled
 
     case = run_jpeg_case(bundled, tmp_path, scale=4, model_name="mdsr-baseline-291")
     assert case is not None and case.quality == JPEG_QUALITY
-    assert case.route_model == defaults.JPEG_MODEL and f"quality {JPEG_QUALITY}" in case.route_why
+    assert (
+        case.route_model == defaults.route(JPEG_QUALITY)[0]
+        and f"quality {JPEG_QUALITY}" in case.route_why
+    )
     assert case.psnr_route > case.psnr_model > case.psnr_bicubic, case
     png = Image.open(case.comparison)
     hr = Image.open(SAMPLES / "zebra.png")

@@ -291,19 +291,17 @@ def test_cli_weights_list_and_info(capsys):
 
 
 def _readme_script():
-    spec = importlib.util.spec_from_file_location(
-        "readme_models", REPO / "scripts" / "readme_models.py"
-    )
+    spec = importlib.util.spec_from_file_location("models_doc", REPO / "scripts" / "models_doc.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_readme_model_table_is_in_sync_with_the_registry():
+def test_the_models_doc_is_in_sync_with_the_registry():
     mod = _readme_script()
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
     inside = text.split(mod.START, 1)[1].split(mod.END, 1)[0]
-    assert inside.strip() == readme_table().strip(), "run: python scripts/readme_models.py"
+    assert inside.strip() == readme_table().strip(), "run: python scripts/models_doc.py"
     assert mod.render(text) == text
 
 
@@ -311,13 +309,13 @@ def test_readme_script_rewrites_only_between_markers(tmp_path):
     mod = _readme_script()
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- models:start -->\nold\n<!-- models:end -->\nrest\n")
-    assert mod.main(["--check", "--readme", str(readme)]) == 1
-    assert mod.main(["--readme", str(readme)]) == 0
+    assert mod.main(["--check", "--doc", str(readme)]) == 1
+    assert mod.main(["--doc", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n<!-- models:start -->\n| `--model`") and text.endswith(
         "-->\nrest\n"
     )
-    assert mod.main(["--check", "--readme", str(readme)]) == 0
+    assert mod.main(["--check", "--doc", str(readme)]) == 0
 
 
 def test_metric_defaults_are_published_benchmark():

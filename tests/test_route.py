@@ -1,5 +1,5 @@
-"""The default route: with no model named, a JPEG below a quality goes to the JPEG-aware model
-and everything else to the clean default, the same through every door, and each door says
+"""The default route: with no model named, a JPEG goes to the JPEG-aware model for its quality
+band and everything else to the clean default, the same through every door, and each door says
 which model ran and why."""
 
 import io
@@ -15,6 +15,12 @@ from edsr import EdsrError, defaults, load_model, upscale
 from edsr.route import Router
 
 JPEG, CLEAN = defaults.JPEG_MODEL, "mdsr-baseline-291"
+HQ = defaults.route_models()[-1]
+
+
+def _band(q: int) -> str:
+    """The model a JPEG at quality ``q`` should get, read from the bounds table directly."""
+    return next((name for bound, name in defaults.JPEG_ROUTE if q < bound), CLEAN)
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +37,17 @@ def _jpeg(img, quality, **kw):
 
 @pytest.fixture(scope="module")
 def models():
-    return {name: load_model(name, device="cpu") for name in (CLEAN, JPEG)}
+    return {name: load_model(name, device="cpu") for name in (CLEAN, *defaults.route_models())}
 
 
 def test_the_rule():
     t = defaults.JPEG_CLEAN_QUALITY
+    (low, _), (high, hq) = defaults.JPEG_ROUTE
+    assert high == t and hq == HQ != JPEG
     assert defaults.route(None) == (None, "not a JPEG")
-    assert defaults.route(t - 1)[0] == JPEG and f"quality {t - 1}" in defaults.route(t - 1)[1]
+    assert defaults.route(low - 1) == (JPEG, f"a JPEG at quality {low - 1} (below {low})")
+    assert defaults.route(low) == (HQ, f"a JPEG at quality {low} ({low}-{t - 1})")
+    assert defaults.route(t - 1)[0] == HQ and f"quality {t - 1}" in defaults.route(t - 1)[1]
     assert defaults.route(t)[0] is None and "nearly lossless" in defaults.route(t)[1]
     assert defaults.route(100)[0] is None
     assert defaults.route(None, "jpeg")[0] == JPEG and defaults.route(None, "jpeg:75")[0] == JPEG
@@ -50,12 +60,13 @@ def test_files_are_routed_by_type_and_quality_read_from_the_file(tmp_path, photo
     router = Router(device="cpu", progress=False)
     photo.save(tmp_path / "a.png")
     assert router.choose(tmp_path / "a.png") == (CLEAN, "not a JPEG")
-    for q in (40, 60, 75, 90, 91, 94, 95, 98, 100):
+    bounds = [b for b, _ in defaults.JPEG_ROUTE]
+    for q in sorted({40, 60, 75, 90, 91, 94, 95, 98, 100} | {b - 1 for b in bounds} | set(bounds)):
         for sub in (2, 0):  # 4:2:0 and 4:4:4 chroma
             path = tmp_path / f"q{q}-{sub}.jpg"
             photo.save(path, quality=q, subsampling=sub)
             name, why = router.choose(path)
-            assert name == (JPEG if q < defaults.JPEG_CLEAN_QUALITY else CLEAN), (q, why)
+            assert name == _band(q), (q, why)
             assert f"quality {q}" in why
     # a PNG holding a JPEG's pixels is not told apart; the caller says so
     _jpeg(photo, 50).save(tmp_path / "screenshot.png")
@@ -90,12 +101,11 @@ def test_the_cli_says_which_model_ran_and_why(tmp_path, photo, models):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    t = defaults.JPEG_CLEAN_QUALITY
-    assert f"{tmp_path / 'photo.jpg'}: {JPEG}: a JPEG at quality 75 (below {t})" in lines
+    assert f"{tmp_path / 'photo.jpg'}: {_band(75)}: {defaults.route(75)[1]}" in lines
     assert f"{tmp_path / 'screen.png'}: {CLEAN}: not a JPEG" in lines
     # the same pixels edsr.upscale gives with each model named
     got = np.asarray(Image.open(out / "photo_x2.png"))
-    want = upscale(Image.open(tmp_path / "photo.jpg"), models[JPEG], 2, precision="fp32")
+    want = upscale(Image.open(tmp_path / "photo.jpg"), models[_band(75)], 2, precision="fp32")
     assert np.array_equal(got, np.asarray(want))
     got = np.asarray(Image.open(out / "screen_x2.png"))
     assert np.array_equal(got, np.asarray(upscale(photo, models[CLEAN], 2, precision="fp32")))
@@ -107,7 +117,12 @@ def test_the_server_routes_and_says_why_in_its_headers(photo):
     from edsr.serve import ServeConfig, create_app, load_models
 
     app = create_app(load_models([], progress=False), ServeConfig(workers=1), route=True)
-    cases = [("JPEG", {"quality": 70}, JPEG), ("JPEG", {"quality": 97}, CLEAN), ("PNG", {}, CLEAN)]
+    cases = [
+        ("JPEG", {"quality": 70}, _band(70)),
+        ("JPEG", {"quality": 90}, _band(90)),
+        ("JPEG", {"quality": 97}, CLEAN),
+        ("PNG", {}, CLEAN),
+    ]
     with TestClient(app) as client:
         for fmt, kw, want in cases:
             buf = io.BytesIO()

@@ -134,7 +134,7 @@ def test_without_model_serve_loads_the_bundled_default_and_the_jpeg_model():
     from edsr.serve import load_models
 
     served = load_models([], device="cpu", progress=False)  # the default route's two models
-    assert [m.id for m in served] == [registry.DEFAULT, defaults.JPEG_MODEL]
+    assert [m.id for m in served] == [registry.DEFAULT, *defaults.route_models()]
     assert served[0].scales == served[1].scales == (2, 3, 4)
     assert served[0].entry is registry.REGISTRY[registry.DEFAULT]
 

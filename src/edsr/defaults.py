@@ -32,14 +32,31 @@ SCORING_PRECISION = "fp32"
 #: Where a model runs: ``auto`` is a CUDA GPU when one is present, else the CPU.
 DEVICE = "auto"
 
-#: The model a JPEG input gets when no model is named: the bundled MDSR fine-tuned on LR
-#: saved as JPEG (recipe ``mdsr-baseline-291-jpeg``). Lossless inputs keep the clean default.
-JPEG_MODEL = "mdsr-baseline-291-jpeg"
+#: The models a JPEG input gets when no model is named, by its quality (read from its
+#: quantization tables): ``(bound, name)`` in rising order, a JPEG below ``bound`` taking
+#: ``name``. Both are the bundled MDSR fine-tuned on LR saved as JPEG (recipes of the same
+#: names): one on the whole range of qualities, one on the high qualities only, where the
+#: artefacts are faint and a model trained on every quality smooths away detail the clean one
+#: keeps. The bounds are where the models cross (PSNR over bicubic, mean of Set5 + Set14 + B100
+#: x2/x3/x4, 4:2:0; docs/jpeg/table.md): the first model is ahead of the second by 0.12 dB at
+#: q75, level at q80 (0.003), behind by 0.13 at q85; the second is ahead of the clean model by
+#: 0.26 at q92, level at q95 (0.000), behind by 0.32 at q98.
+JPEG_ROUTE: tuple[tuple[int, str], ...] = (
+    (80, "mdsr-baseline-291-jpeg"),
+    (95, "mdsr-baseline-291-jpeg-hq"),
+)
 
-#: A JPEG saved at this quality or above goes to the clean default, as a lossless input. Measured
-#: (PSNR over bicubic, Set5 + Set14 + B100 x2/x3/x4, 4:2:0): the JPEG model is ahead by 0.10 dB
-#: at q90, behind by 0.09 at q92 and 0.43 at q95 (docs/jpeg/table.md).
-JPEG_CLEAN_QUALITY = 91
+#: The model for a JPEG of unknown quality (``degradation="jpeg"``, ``--degradation jpeg``):
+#: the one trained on every quality.
+JPEG_MODEL = JPEG_ROUTE[0][1]
+
+#: A JPEG saved at this quality or above goes to the clean default, as a lossless input.
+JPEG_CLEAN_QUALITY = JPEG_ROUTE[-1][0]
+
+
+def route_models() -> tuple[str, ...]:
+    """The registry names the route may pick besides the clean default, in route order."""
+    return tuple(name for _, name in JPEG_ROUTE)
 
 
 def route(jpeg_quality: int | None, degradation: str | None = None) -> tuple[str | None, str]:
@@ -49,10 +66,11 @@ def route(jpeg_quality: int | None, degradation: str | None = None) -> tuple[str
 
     ``degradation`` is what the caller says of the input (Python arrays have no file type):
     ``"jpeg"`` (or any JPEG spec, ``jpeg:75``) takes :data:`JPEG_MODEL`, ``"clean"`` the
-    default. Otherwise the file decides: a JPEG (``jpeg_quality`` read from its tables) below
-    :data:`JPEG_CLEAN_QUALITY` takes :data:`JPEG_MODEL`; anything else the default. A PNG that
-    holds a JPEG's pixels (a screenshot, a converted file) is not told apart: it is clean
-    unless the caller says ``degradation="jpeg"`` (``--degradation jpeg``).
+    default. Otherwise the file decides: a JPEG (``jpeg_quality`` read from its tables) takes
+    the first model of :data:`JPEG_ROUTE` whose bound it is below; at
+    :data:`JPEG_CLEAN_QUALITY` or above, or not a JPEG, the default. A PNG that holds a
+    JPEG's pixels (a screenshot, a converted file) is not told apart: it is clean unless the
+    caller says ``degradation="jpeg"`` (``--degradation jpeg``).
     """
     if degradation is not None:
         kind = degradation.split(":", 1)[0].strip().lower()
@@ -63,9 +81,13 @@ def route(jpeg_quality: int | None, degradation: str | None = None) -> tuple[str
         raise ValueError(f"degradation must be 'jpeg' or 'clean', got {degradation!r}")
     if jpeg_quality is None:
         return None, "not a JPEG"
-    if jpeg_quality >= JPEG_CLEAN_QUALITY:
-        return None, f"a JPEG at quality {jpeg_quality}, nearly lossless (>= {JPEG_CLEAN_QUALITY})"
-    return JPEG_MODEL, f"a JPEG at quality {jpeg_quality} (below {JPEG_CLEAN_QUALITY})"
+    low = 0
+    for bound, name in JPEG_ROUTE:
+        if jpeg_quality < bound:
+            band = f"below {bound}" if low == 0 else f"{low}-{bound - 1}"
+            return name, f"a JPEG at quality {jpeg_quality} ({band})"
+        low = bound
+    return None, f"a JPEG at quality {jpeg_quality}, nearly lossless (>= {JPEG_CLEAN_QUALITY})"
 
 
 def default_scale(scales: Sequence[int]) -> int:
@@ -90,10 +112,12 @@ __all__ = [
     "DEVICE",
     "JPEG_CLEAN_QUALITY",
     "JPEG_MODEL",
+    "JPEG_ROUTE",
     "PRECISION",
     "SCALE",
     "SCORING_PRECISION",
     "default_scale",
     "resolve_device",
     "route",
+    "route_models",
 ]

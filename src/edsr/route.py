@@ -1,7 +1,7 @@
 """The default route: the model each input gets when the user names none.
 
-The rule is :func:`edsr.defaults.route` (a JPEG below a quality goes to the JPEG-aware model,
-everything else to the clean default); this room applies it to files, Pillow images and
+The rule is :func:`edsr.defaults.route` (a JPEG goes to the JPEG-aware model for its quality
+band, everything else to the clean default); this room applies it to files, Pillow images and
 arrays, and loads each model it picks once. Every door without ``--model`` goes through it:
 ``edsr upscale``, :func:`upscale` (``edsr.upscale``), the server and the demo.
 """
@@ -65,8 +65,8 @@ class Router:
     @property
     def scales(self) -> tuple[int, ...]:
         """The scales every model of the route has (the registry says; nothing is loaded)."""
-        both = [get_entry(self.name(n)).scales for n in (None, defaults.JPEG_MODEL)]
-        return tuple(s for s in both[0] if s in both[1])
+        every = [get_entry(self.name(n)).scales for n in (None, *defaults.route_models())]
+        return tuple(s for s in every[0] if all(s in other for other in every[1:]))
 
     def choose(
         self, source: str | os.PathLike[str] | Image.Image | None, degradation: str | None = None
@@ -109,9 +109,10 @@ def upscale(
 ) -> ImageLike:
     """Upscale ``image`` (PIL, numpy or torch) with ``model``, or, without one, with the model
     the default route picks (:func:`edsr.defaults.route`): a Pillow image opened from a JPEG
-    below quality :data:`edsr.defaults.JPEG_CLEAN_QUALITY` gets the JPEG-aware model, anything
-    else the clean default; an array says what it is with ``degradation="jpeg"`` (or
-    ``"clean"``, the default). The route's models are loaded once per ``device`` and kept.
+    below quality :data:`edsr.defaults.JPEG_CLEAN_QUALITY` gets the JPEG-aware model for its
+    quality, anything else the clean default; an array says what it is with
+    ``degradation="jpeg"`` (or ``"clean"``, the default). The route's models are loaded once
+    per ``device`` and kept.
 
     Everything else is :func:`edsr.inference.upscale`'s (``value_range``, ``tile``,
     ``max_memory``, ``ensemble``, ``precision``, ``on_tile``, ``should_stop``).

@@ -79,15 +79,12 @@ def _run_data_download(args: argparse.Namespace) -> int:
     hosts = UnreachableHosts()
     root = None
     failed: list[str] = []
+    # Sets that fail for one reason (benchmark.tar serves four) are said on one line, not four.
+    errors: dict[str, list[str]] = {}
     for name in args.names:  # each tried, whatever happened to the one before
         try:
             entry = get_dataset(name)
-        except EdsrError as e:
-            print(f"edsr: error: {e}", file=sys.stderr)
-            failed.append(name)
-            continue
-        root = root or prepare_root(args.root)
-        try:
+            root = root or prepare_root(args.root)
             folder = download_dataset(
                 entry,
                 root,
@@ -98,11 +95,16 @@ def _run_data_download(args: argparse.Namespace) -> int:
                 hosts=hosts,
             )
         except EdsrError as e:
-            print(f"edsr: error: {e}", file=sys.stderr)
             failed.append(name)
+            text = str(e)
+            same = next((k for k, v in errors.items() if k.replace(v[0], name) == text), None)
+            errors.setdefault(same or text, []).append(name)
             continue
         print(f"{entry.name}: {folder}")
-    if failed and len(args.names) > 1:
+    for text, names in errors.items():
+        also = f" (the same for {', '.join(names[1:])})" if len(names) > 1 else ""
+        print(f"edsr: error: {text}{also}", file=sys.stderr)
+    if len(errors) > 1:
         print(
             f"edsr: error: {len(failed)} of {len(args.names)} data sets not downloaded: "
             f"{', '.join(failed)}",

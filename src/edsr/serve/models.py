@@ -62,7 +62,7 @@ def load_models(
     for spec in specs:
         names += [s.strip() for s in spec.split(",") if s.strip()]
     if not names:  # the default route: the clean default, and the JPEG model for JPEGs
-        names = [registry.default_model(), defaults.JPEG_MODEL]
+        names = [registry.default_model(), *defaults.route_models()]
     served: list[ServedModel] = []
     seen: set[str] = set()
     for spec in dict.fromkeys(names):  # keeps order, drops repeats

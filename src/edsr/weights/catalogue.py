@@ -163,13 +163,13 @@ _STAGE3_SHA256 = "2c89d043fced0bde7870c2ce394392172e798f38266548aa5471daa6fc05e7
 _STAGE4_SHA256 = "40d9597905ec3755022ec673c1a489763a3065a010b3241ddedac16ba974d98b"
 
 
-def _recipe_iterations() -> tuple[int, ...]:
+def _recipe_iterations(path: Path) -> tuple[int, ...]:
     """Each stage's iterations, as the recipe file gives them."""
-    with open(_RECIPE_FILE, "rb") as f:
+    with open(path, "rb") as f:
         return tuple(int(stage["iters"]) for stage in tomllib.load(f)["stage"])
 
 
-_STAGE_ITERS = _recipe_iterations()
+_STAGE_ITERS = _recipe_iterations(_RECIPE_FILE)
 # The eval reports ``edsr eval --json`` wrote for the bundled file: the registry's numbers are
 # read from them, never typed in.
 BUNDLED_EVALS = (
@@ -269,11 +269,6 @@ _JPEG_WALL_S = 3648.1
 JPEG_EVALS = ("mdsr_baseline_291_jpeg.eval.json", "mdsr_baseline_291_jpeg.eval-jpeg.json")
 
 
-def _jpeg_iterations() -> int:
-    with open(ASSETS / "recipes" / f"{_JPEG_RECIPE}.toml", "rb") as f:
-        return sum(int(stage["iters"]) for stage in tomllib.load(f)["stage"])
-
-
 def _bundled_jpeg() -> WeightsEntry:
     return WeightsEntry(
         name=defaults.JPEG_MODEL,
@@ -291,7 +286,7 @@ def _bundled_jpeg() -> WeightsEntry:
         "model for JPEGs",
         training=Training(
             command=f"edsr train --recipe {_JPEG_RECIPE}",
-            iterations=_jpeg_iterations(),
+            iterations=sum(_recipe_iterations(ASSETS / "recipes" / f"{_JPEG_RECIPE}.toml")),
             wall_time_s=_JPEG_WALL_S,
             hardware="a 2-core Intel Xeon CPU (AMX), bf16 autocast channels-last, 24 GiB, "
             "torch 2.13.0+cpu",
@@ -311,8 +306,59 @@ def _bundled_jpeg() -> WeightsEntry:
     )
 
 
+_HQ_FILE = "mdsr_baseline_291_jpeg_hq-21221498.safetensors"
+_HQ_SHA256 = "212214982e76a7d86fc28ef35630d1d8031bf0e49e06ae16b398d0364ea27258"
+_HQ_SIZE = 6464062
+_HQ_RECIPE = "mdsr-baseline-291-jpeg-hq"
+# The logged seconds/iteration of its run summed over its steps (log.csv): 0.48 h, most of it
+# beside other jobs on the machine (quiet, 0.37-0.40 s/iteration: about 10 minutes).
+_HQ_WALL_S = 1717.6
+#: Its eval reports: lossless LR first, then JPEG q90 LR.
+HQ_EVALS = ("mdsr_baseline_291_jpeg_hq.eval.json", "mdsr_baseline_291_jpeg_hq.eval-jpeg.json")
+
+
+def _bundled_jpeg_hq() -> WeightsEntry:
+    name = defaults.route_models()[-1]
+    return WeightsEntry(
+        name=name,
+        preset="mdsr-baseline",
+        scales=(2, 3, 4),
+        filename=_HQ_FILE,
+        sha256=_HQ_SHA256,
+        parameters=3_227_203,
+        size=_HQ_SIZE,
+        license="MIT (this project)",
+        source="trained here",
+        bundled=_HQ_FILE,
+        metrics=_measured(HQ_EVALS),
+        description="the bundled MDSR fine-tuned for high-quality JPEG inputs (q80-96, fp16); "
+        "the default route's model for JPEGs of those qualities",
+        training=Training(
+            command=f"edsr train --recipe {_HQ_RECIPE}",
+            iterations=sum(_recipe_iterations(ASSETS / "recipes" / f"{_HQ_RECIPE}.toml")),
+            wall_time_s=_HQ_WALL_S,
+            hardware="a 2-core Intel Xeon CPU (AMX), bf16 autocast channels-last, 24 GiB, "
+            "torch 2.13.0+cpu",
+            data=_DATA_291 + "; each LR patch degraded as the recipe's `degrade` says",
+            notes=f"Started from {_BUNDLED_NAME} (SHA-256 {_BUNDLED_SHA256}); the recipe, "
+            f"src/edsr/assets/recipes/{_HQ_RECIPE}.toml, holds its settings: each LR patch "
+            "saved by Pillow as JPEG with 4:2:0 (70%) or 4:4:4 (30%) chroma at a quality drawn "
+            "from 80-96, the HR patch clean; its last step ships. Set5 with LR saved at JPEG "
+            "q90 (its validation) rose from 34.51/31.65/29.71 dB at x2/x3/x4 (the clean model) "
+            "to 35.34/32.21/30.12. The route's bounds between it, the clean model and "
+            f"{defaults.JPEG_MODEL} are measured in docs/jpeg/table.md (scripts/jpeg_table.py).",
+        ),
+        aliases=("jpeg-hq",),
+    )
+
+
 #: Every entry, in display order: the official files, then the bundled models.
-CATALOGUE: tuple[WeightsEntry, ...] = (*_OFFICIAL, _bundled_mdsr(), _bundled_jpeg())
+CATALOGUE: tuple[WeightsEntry, ...] = (
+    *_OFFICIAL,
+    _bundled_mdsr(),
+    _bundled_jpeg(),
+    _bundled_jpeg_hq(),
+)
 
 #: The model used when no model is named: it ships inside the package, so it needs no network.
 DEFAULT = _BUNDLED_NAME

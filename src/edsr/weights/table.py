@@ -1,5 +1,5 @@
 """Text renderings of weights entries: the ``edsr weights list`` table, ``edsr weights info``,
-and the README's model table (``scripts/readme_models.py``)."""
+and docs/models.md's model tables (``scripts/models_doc.py``)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def format_table(
 
 
 def readme_table(entries: Iterable[WeightsEntry] | None = None) -> str:
-    """The Markdown table between the README's ``<!-- models:start/end -->`` markers."""
+    """The Markdown tables between docs/models.md's ``<!-- models:start/end -->`` markers."""
     entries = list_entries() if entries is None else list(entries)
     lines = [
         "| `--model` | architecture | res_scale | parameters | DIV2K-val PSNR | Set5 PSNR "
@@ -101,7 +101,7 @@ def readme_table(entries: Iterable[WeightsEntry] | None = None) -> str:
         f"PSNR in dB, x2 / x3 / x4. DIV2K-val: {PROTOCOL_DIV2K}; Set5: {PROTOCOL_BENCHMARK}. "
         "Official entries show the authors' published numbers (Set5: the paper's, for EDSR and "
         "MDSR), not re-measured here; entries trained here show `edsr eval --json` results. "
-        "Generated from `edsr.weights.catalogue` by `python scripts/readme_models.py`."
+        "Generated from `edsr.weights.catalogue` by `python scripts/models_doc.py`."
     )
     for e in entries:
         if e.training is not None and e.metrics:

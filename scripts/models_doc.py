@@ -1,7 +1,7 @@
-"""Regenerate the README's model table from the weights registry.
+"""Regenerate docs/models.md's model tables from the weights registry.
 
-    python scripts/readme_models.py           # rewrite README.md between the markers
-    python scripts/readme_models.py --check   # exit 1 if README.md is out of date (tests use it)
+    python scripts/models_doc.py           # rewrite docs/models.md between the markers
+    python scripts/models_doc.py --check   # exit 1 if docs/models.md is out of date (tests use it)
 
 The table lives between ``<!-- models:start -->`` and ``<!-- models:end -->``; everything
 outside the markers is left alone.
@@ -18,7 +18,7 @@ from edsr.weights import readme_table
 
 START = "<!-- models:start -->"
 END = "<!-- models:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 
 
 def render(text: str, table: str | None = None) -> str:
@@ -28,26 +28,26 @@ def render(text: str, table: str | None = None) -> str:
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
     except ValueError:
-        raise SystemExit(f"README has no {START} ... {END} markers") from None
+        raise SystemExit(f"the file has no {START} ... {END} markers") from None
     return f"{head}{START}\n{table}\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="only check; exit 1 if out of date")
-    p.add_argument("--readme", type=Path, default=README, help="README file (default: the repo's)")
+    p.add_argument("--doc", type=Path, default=DOC, help="file (default: docs/models.md)")
     args = p.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
+    text = args.doc.read_text(encoding="utf-8")
     new = render(text)
     if new == text:
-        print(f"{args.readme}: model table up to date")
+        print(f"{args.doc}: model table up to date")
         return 0
     if args.check:
-        print(f"{args.readme}: model table out of date; run python scripts/readme_models.py")
+        print(f"{args.doc}: model table out of date; run python scripts/models_doc.py")
         return 1
-    with atomic_write(args.readme, overwrite=True) as tmp:
+    with atomic_write(args.doc, overwrite=True) as tmp:
         tmp.write_text(new, encoding="utf-8")
-    print(f"{args.readme}: model table rewritten")
+    print(f"{args.doc}: model table rewritten")
     return 0
 
 
