@@ -10,9 +10,10 @@ every door that reads its kind:
 ==================  ===========================================================================
 training config     ``edsr train --config FILE``; ``edsr train --resume DIR`` (its config.toml)
 recipe              ``edsr train --recipe FILE --dry-run``; ``--resume DIR --dry-run``
-safetensors         ``edsr upscale``/``eval``/``export``/``weights import``; ``edsr.load_model``
+safetensors         ``edsr upscale``/``eval``/``export``/``weights import``/``demo``;
+                    ``edsr.load_model`` and a run; ``edsr.serve.load_models`` (``serve --model``)
 super-image folder  the same doors, the folder as the model
-ONNX                ``edsr upscale``/``eval``/``export``; ``edsr.load_model`` and a run
+ONNX                the same but ``weights import`` (a graph is not a checkpoint)
 TorchScript         the same, opted in with ``--run-torchscript-code``
 ==================  ===========================================================================
 
@@ -389,6 +390,7 @@ def _model_doors(res: dict[str, Path], *extra: str) -> dict[str, Door]:
                              "out.safetensors"],
         "weights import": lambda m: ["weights", "import", str(m), "-o", "out.safetensors",
                                      "--quiet"],
+        "demo": lambda m: ["demo", "--model", str(m), "--scale", "2", "-o", "out", *extra],
     }  # fmt: skip
 
 
@@ -528,6 +530,14 @@ def _run_model_doors(
 
         fuzz.python("load_model", name, load_and_run)
 
+        def serve_load(path: Path = path) -> object:  # what `edsr serve --model` reads
+            from edsr.serve import load_models
+
+            trust = bool(kw.get("run_torchscript_code"))
+            return load_models([str(path)], progress=False, run_torchscript_code=trust)
+
+        fuzz.python("serve load_models", name, serve_load)
+
 
 @pytest.mark.parametrize("every", EVERY)
 def test_hostile_safetensors(res, work, capsys, every):
@@ -543,7 +553,10 @@ def test_hostile_safetensors(res, work, capsys, every):
     cases = _sample(cases, every)
     _run_model_doors(fuzz, res, cases)
     n = len(cases)
-    fuzz.check({"upscale": n, "eval": n, "export": n, "weights import": n, "load_model": n})
+    fuzz.check(
+        {"upscale": n, "eval": n, "export": n, "weights import": n, "demo": n, "load_model": n,
+         "serve load_models": n}
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("every", EVERY)
@@ -561,7 +574,10 @@ def test_hostile_superimage_folders(res, work, capsys, every):
     cases = _sample(cases, every)
     _run_model_doors(fuzz, res, cases)
     n = len(cases)
-    fuzz.check({"upscale": n, "eval": n, "export": n, "weights import": n, "load_model": n})
+    fuzz.check(
+        {"upscale": n, "eval": n, "export": n, "weights import": n, "demo": n, "load_model": n,
+         "serve load_models": n}
+    )  # fmt: skip
 
 
 # --- exported graphs ---------------------------------------------------------------------------
@@ -693,12 +709,14 @@ def test_hostile_onnx_files(res, work, capsys, every):
 
     fuzz = Fuzz(work, capsys)
     inputs = work.parent / f"{work.name}-onnx"
-    honest = export_model(small_edsr(2), inputs / "honest.onnx", "onnx", scale=2).path
+    honest = export_model(small_edsr(2), inputs / f"honest-{every}.onnx", "onnx", scale=2).path
     cases = [(n, _write(inputs / f"{i}" / "m.onnx", c))
              for i, (n, c) in enumerate(_sample(onnx_files(honest), every))]  # fmt: skip
     _run_model_doors(fuzz, res, cases, doors=_exported_doors(res))
     n = len(cases)
-    fuzz.check({"upscale": n, "eval": n, "export": n, "load_model": n})
+    fuzz.check(
+        {"upscale": n, "eval": n, "export": n, "demo": n, "load_model": n, "serve load_models": n}
+    )
 
 
 def _torchscript(module: nn.Module, info: str | None, path: Path) -> Path:
@@ -720,7 +738,7 @@ def test_hostile_torchscript_files(res, work, capsys, every):
 
     fuzz = Fuzz(work, capsys)
     inputs = work.parent / f"{work.name}-torchscript"
-    honest = export_model(small_edsr(2), inputs / "honest.pt", "torchscript", scale=2).path
+    honest = export_model(small_edsr(2), inputs / f"honest-{every}.pt", "torchscript", scale=2).path
     info = torchscript_info(honest)
     assert info is not None
     cases = [(f"other-{n}", _torchscript(_Other(*sc), info, inputs / f"other-{n}.pt"))
@@ -734,7 +752,9 @@ def test_hostile_torchscript_files(res, work, capsys, every):
     flag = "--run-torchscript-code"
     _run_model_doors(fuzz, res, cases, doors=_exported_doors(res, flag), run_torchscript_code=True)
     n = len(cases)
-    fuzz.check({"upscale": n, "eval": n, "export": n, "load_model": n})
+    fuzz.check(
+        {"upscale": n, "eval": n, "export": n, "demo": n, "load_model": n, "serve load_models": n}
+    )
 
 
 def test_the_issue_cases_are_in_every_run(res):

@@ -106,6 +106,26 @@ def test_the_jpeg_recipe_is_what_its_run_recorded():
     assert t.command == "edsr train --recipe mdsr-baseline-291-jpeg"
 
 
+def test_the_high_quality_jpeg_recipe_is_what_its_run_recorded():
+    from edsr import defaults
+    from edsr.weights import get_entry
+
+    name = defaults.route_models()[-1]
+    recipe = load_recipe(name)
+    (stage,) = recipe.stages
+    assert stage.init == "mdsr-baseline-291"  # from the clean model, not the JPEG one
+    ran = read_toml(REPO / "docs" / "training" / f"{name}-config.toml")
+    mine = dataclasses.asdict(stage.config())
+    where = {"out", "train", "val", "init_from", "cache_dir", "checkpoint_every", "workers"}
+    for key, value in ran.items():
+        if key not in where:
+            assert mine[key] == value, key
+    assert ran["degrade"] == "jpeg:80-96:0.7,jpeg444:80-96:0.3"
+    t = get_entry(name).training
+    assert t is not None and t.iterations == recipe.iterations == 1500
+    assert t.command == f"edsr train --recipe {name}"
+
+
 def test_the_registry_entry_points_at_the_recipe():
     from edsr.weights import get_entry
 
