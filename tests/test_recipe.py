@@ -87,43 +87,34 @@ def test_the_package_recipe_is_what_the_runs_recorded():
         assert configs[i - 1].train == ["T91", "BSD200"] and configs[i - 1].val == "Set5"
 
 
-def test_the_jpeg_recipe_is_what_its_run_recorded():
-    from edsr import defaults
+def _recipe_matches_its_run(name: str, init: str, degrade: str, iterations: int) -> None:
+    """A one-stage recipe is the configuration its run recorded, and its registry entry's."""
     from edsr.weights import get_entry
 
-    recipe = load_recipe("mdsr-baseline-291-jpeg")
-    (stage,) = recipe.stages
-    assert stage.init == "mdsr-baseline-291"  # the shipped clean model, by its registry name
-    ran = read_toml(REPO / "docs" / "training" / "mdsr-baseline-291-jpeg-config.toml")
-    mine = dataclasses.asdict(stage.config())
-    where = {"out", "train", "val", "init_from", "cache_dir", "checkpoint_every", "workers"}
-    for key, value in ran.items():
-        if key not in where:
-            assert mine[key] == value, key
-    assert ran["degrade"] == "clean:0.1,jpeg:30-97:0.7,jpeg444:30-97:0.2"
-    t = get_entry(defaults.JPEG_MODEL).training
-    assert t is not None and t.iterations == recipe.iterations == 5000
-    assert t.command == "edsr train --recipe mdsr-baseline-291-jpeg"
-
-
-def test_the_high_quality_jpeg_recipe_is_what_its_run_recorded():
-    from edsr import defaults
-    from edsr.weights import get_entry
-
-    name = defaults.route_models()[-1]
     recipe = load_recipe(name)
     (stage,) = recipe.stages
-    assert stage.init == "mdsr-baseline-291"  # from the clean model, not the JPEG one
+    assert stage.init == init  # a shipped model, by its registry name
     ran = read_toml(REPO / "docs" / "training" / f"{name}-config.toml")
     mine = dataclasses.asdict(stage.config())
     where = {"out", "train", "val", "init_from", "cache_dir", "checkpoint_every", "workers"}
     for key, value in ran.items():
         if key not in where:
             assert mine[key] == value, key
-    assert ran["degrade"] == "jpeg:80-96:0.7,jpeg444:80-96:0.3"
+    assert ran["degrade"] == degrade
     t = get_entry(name).training
-    assert t is not None and t.iterations == recipe.iterations == 1500
+    assert t is not None and t.iterations == recipe.iterations == iterations
     assert t.command == f"edsr train --recipe {name}"
+
+
+def test_the_jpeg_recipes_are_what_their_runs_recorded():
+    from edsr import defaults
+
+    low, high = defaults.route_models()
+    _recipe_matches_its_run(
+        low, "mdsr-baseline-291", "clean:0.1,jpeg:30-97:0.7,jpeg444:30-97:0.2", 5000
+    )
+    # the high-quality one from the clean model, not the JPEG one
+    _recipe_matches_its_run(high, "mdsr-baseline-291", "jpeg:80-96:0.7,jpeg444:80-96:0.3", 1500)
 
 
 def test_the_registry_entry_points_at_the_recipe():

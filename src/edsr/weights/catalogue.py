@@ -261,7 +261,6 @@ def _bundled_mdsr() -> WeightsEntry:
 _JPEG_FILE = "mdsr_baseline_291_jpeg-4574f011.safetensors"
 _JPEG_SHA256 = "4574f01110109d7a294df786cf5fd98e51e7b191f9dfdb890904698c1cb561d8"
 _JPEG_SIZE = 6464062
-_JPEG_RECIPE = "mdsr-baseline-291-jpeg"
 # The logged seconds/iteration of its run summed over its steps (log.csv): 1.01 h, partly beside
 # other jobs on the machine (quiet, 0.42-0.45 s/iteration).
 _JPEG_WALL_S = 3648.1
@@ -269,47 +268,72 @@ _JPEG_WALL_S = 3648.1
 JPEG_EVALS = ("mdsr_baseline_291_jpeg.eval.json", "mdsr_baseline_291_jpeg.eval-jpeg.json")
 
 
-def _bundled_jpeg() -> WeightsEntry:
+def _trained_on_jpeg(
+    name: str,
+    file: str,
+    sha256: str,
+    size: int,
+    evals: tuple[str, ...],
+    wall_time_s: float,
+    description: str,
+    notes: str,
+    alias: str,
+) -> WeightsEntry:
+    """A bundled MDSR fine-tuned here for JPEG inputs by the recipe of its own name."""
+    recipe = ASSETS / "recipes" / f"{name}.toml"
     return WeightsEntry(
-        name=defaults.JPEG_MODEL,
+        name=name,
         preset="mdsr-baseline",
         scales=(2, 3, 4),
-        filename=_JPEG_FILE,
-        sha256=_JPEG_SHA256,
+        filename=file,
+        sha256=sha256,
         parameters=3_227_203,
-        size=_JPEG_SIZE,
+        size=size,
         license="MIT (this project)",
         source="trained here",
-        bundled=_JPEG_FILE,
-        metrics=_measured(JPEG_EVALS),
-        description="the bundled MDSR fine-tuned for JPEG inputs (fp16); the default route's "
-        "model for JPEGs",
+        bundled=file,
+        metrics=_measured(evals),
+        description=description,
         training=Training(
-            command=f"edsr train --recipe {_JPEG_RECIPE}",
-            iterations=sum(_recipe_iterations(ASSETS / "recipes" / f"{_JPEG_RECIPE}.toml")),
-            wall_time_s=_JPEG_WALL_S,
+            command=f"edsr train --recipe {name}",
+            iterations=sum(_recipe_iterations(recipe)),
+            wall_time_s=wall_time_s,
             hardware="a 2-core Intel Xeon CPU (AMX), bf16 autocast channels-last, 24 GiB, "
             "torch 2.13.0+cpu",
             data=_DATA_291 + "; each LR patch degraded as the recipe's `degrade` says",
             notes=f"Started from {_BUNDLED_NAME} (SHA-256 {_BUNDLED_SHA256}); the recipe, "
-            f"src/edsr/assets/recipes/{_JPEG_RECIPE}.toml, holds its settings: each LR patch "
-            "left lossless (10%) or saved by Pillow as JPEG with 4:2:0 (70%) or 4:4:4 (20%) "
-            "chroma at a quality drawn from 30-97, the HR patch clean. The run was begun with "
-            "8,000 iterations, stopped with Ctrl-C at step 1,577 and resumed with the recipe's "
-            "5,000 (the cosine rate is a function of step / iters); its last step ships. Set5 "
-            "with LR saved at JPEG q75 (its validation) rose from 32.08/29.66/27.98 dB at "
-            "x2/x3/x4 (the clean model) to 33.59/30.73/28.84. On lossless LR it is 0.4-1.8 dB "
-            "below the clean model, so the default route gives it JPEGs only; the table for "
-            "both on lossless and JPEG LR is docs/jpeg/table.md (scripts/jpeg_table.py).",
+            f"src/edsr/assets/recipes/{name}.toml, holds its settings: {notes}",
         ),
-        aliases=("jpeg",),
+        aliases=(alias,),
+    )
+
+
+def _bundled_jpeg() -> WeightsEntry:
+    return _trained_on_jpeg(
+        defaults.JPEG_MODEL,
+        _JPEG_FILE,
+        _JPEG_SHA256,
+        _JPEG_SIZE,
+        JPEG_EVALS,
+        _JPEG_WALL_S,
+        "the bundled MDSR fine-tuned for JPEG inputs (fp16); the default route's model for "
+        "JPEGs below quality 80",
+        "each LR patch "
+        "left lossless (10%) or saved by Pillow as JPEG with 4:2:0 (70%) or 4:4:4 (20%) "
+        "chroma at a quality drawn from 30-97, the HR patch clean. The run was begun with "
+        "8,000 iterations, stopped with Ctrl-C at step 1,577 and resumed with the recipe's "
+        "5,000 (the cosine rate is a function of step / iters); its last step ships. Set5 "
+        "with LR saved at JPEG q75 (its validation) rose from 32.08/29.66/27.98 dB at "
+        "x2/x3/x4 (the clean model) to 33.59/30.73/28.84. On lossless LR it is 0.4-1.8 dB "
+        "below the clean model, so the default route gives it JPEGs only; the table for "
+        "both on lossless and JPEG LR is docs/jpeg/table.md (scripts/jpeg_table.py).",
+        "jpeg",
     )
 
 
 _HQ_FILE = "mdsr_baseline_291_jpeg_hq-21221498.safetensors"
 _HQ_SHA256 = "212214982e76a7d86fc28ef35630d1d8031bf0e49e06ae16b398d0364ea27258"
 _HQ_SIZE = 6464062
-_HQ_RECIPE = "mdsr-baseline-291-jpeg-hq"
 # The logged seconds/iteration of its run summed over its steps (log.csv): 0.48 h, most of it
 # beside other jobs on the machine (quiet, 0.37-0.40 s/iteration: about 10 minutes).
 _HQ_WALL_S = 1717.6
@@ -318,37 +342,21 @@ HQ_EVALS = ("mdsr_baseline_291_jpeg_hq.eval.json", "mdsr_baseline_291_jpeg_hq.ev
 
 
 def _bundled_jpeg_hq() -> WeightsEntry:
-    name = defaults.route_models()[-1]
-    return WeightsEntry(
-        name=name,
-        preset="mdsr-baseline",
-        scales=(2, 3, 4),
-        filename=_HQ_FILE,
-        sha256=_HQ_SHA256,
-        parameters=3_227_203,
-        size=_HQ_SIZE,
-        license="MIT (this project)",
-        source="trained here",
-        bundled=_HQ_FILE,
-        metrics=_measured(HQ_EVALS),
-        description="the bundled MDSR fine-tuned for high-quality JPEG inputs (q80-96, fp16); "
-        "the default route's model for JPEGs of those qualities",
-        training=Training(
-            command=f"edsr train --recipe {_HQ_RECIPE}",
-            iterations=sum(_recipe_iterations(ASSETS / "recipes" / f"{_HQ_RECIPE}.toml")),
-            wall_time_s=_HQ_WALL_S,
-            hardware="a 2-core Intel Xeon CPU (AMX), bf16 autocast channels-last, 24 GiB, "
-            "torch 2.13.0+cpu",
-            data=_DATA_291 + "; each LR patch degraded as the recipe's `degrade` says",
-            notes=f"Started from {_BUNDLED_NAME} (SHA-256 {_BUNDLED_SHA256}); the recipe, "
-            f"src/edsr/assets/recipes/{_HQ_RECIPE}.toml, holds its settings: each LR patch "
-            "saved by Pillow as JPEG with 4:2:0 (70%) or 4:4:4 (30%) chroma at a quality drawn "
-            "from 80-96, the HR patch clean; its last step ships. Set5 with LR saved at JPEG "
-            "q90 (its validation) rose from 34.51/31.65/29.71 dB at x2/x3/x4 (the clean model) "
-            "to 35.34/32.21/30.12. The route's bounds between it, the clean model and "
-            f"{defaults.JPEG_MODEL} are measured in docs/jpeg/table.md (scripts/jpeg_table.py).",
-        ),
-        aliases=("jpeg-hq",),
+    return _trained_on_jpeg(
+        defaults.route_models()[-1],
+        _HQ_FILE,
+        _HQ_SHA256,
+        _HQ_SIZE,
+        HQ_EVALS,
+        _HQ_WALL_S,
+        "the bundled MDSR fine-tuned for high-quality JPEG inputs (q80-96, fp16); the default "
+        "route's model for JPEGs at quality 80-94",
+        "each LR patch saved by Pillow as JPEG with 4:2:0 (70%) or 4:4:4 (30%) chroma at a "
+        "quality drawn from 80-96, the HR patch clean; its last step ships. Set5 with LR saved "
+        "at JPEG q90 (its validation) rose from 34.51/31.65/29.71 dB at x2/x3/x4 (the clean "
+        "model) to 35.34/32.21/30.12. The route's bounds between it, the clean model and "
+        f"{defaults.JPEG_MODEL} are measured in docs/jpeg/table.md (scripts/jpeg_table.py).",
+        "jpeg-hq",
     )
 
 
