@@ -11,7 +11,8 @@ every door that reads its kind:
 training config     ``edsr train --config FILE``; ``edsr train --resume DIR`` (its config.toml)
 recipe              ``edsr train --recipe FILE --dry-run``; ``--resume DIR --dry-run``
 safetensors         ``edsr upscale``/``eval``/``export``/``weights import``/``demo``;
-                    ``edsr.load_model`` and a run; ``edsr.serve.load_models`` (``serve --model``)
+                    ``edsr.load_model`` and a run; ``edsr.serve.load_models`` (``serve --model``);
+                    ``init_from`` (``train --init-from``)
 super-image folder  the same doors, the folder as the model
 ONNX                the same but ``weights import`` (a graph is not a checkpoint)
 TorchScript         the same, opted in with ``--run-torchscript-code``
@@ -477,6 +478,10 @@ def test_base_cases_pass_every_door(res, work, capsys):
         code, out, err = run_cli(argv, capsys)
         assert code == 0, (argv, err)
         remove_new(work, before)
+    from edsr.weights.transfer import init_from
+
+    for arch in ("edsr", "mdsr"):
+        assert init_from(small_mdsr(), res["root"] / f"{arch}.safetensors").loaded > 0
 
 
 # --- the fuzz ------------------------------------------------------------------------------------
@@ -517,8 +522,16 @@ def test_hostile_recipes(res, work, capsys, every):
 
 
 def _run_model_doors(
-    fuzz: Fuzz, res, cases: list[tuple[str, Path]], doors: dict[str, Door] | None = None, **kw
+    fuzz: Fuzz,
+    res,
+    cases: list[tuple[str, Path]],
+    doors: dict[str, Door] | None = None,
+    *,
+    init: bool = False,
+    **kw,
 ) -> None:
+    """Each case through ``doors`` (the CLI's), ``edsr.load_model`` and the server's loader;
+    ``init``: also ``--init-from``'s reader, into a model of the fixtures' size."""
     doors = doors or _model_doors(res)
     for name, path in cases:
         for door, argv in doors.items():
@@ -537,6 +550,14 @@ def _run_model_doors(
             return load_models([str(path)], progress=False, run_torchscript_code=trust)
 
         fuzz.python("serve load_models", name, serve_load)
+        if init:
+
+            def init_into(path: Path = path) -> object:  # what `edsr train --init-from` reads
+                from edsr.weights.transfer import init_from
+
+                return init_from(small_mdsr(), path)
+
+            fuzz.python("init_from", name, init_into)
 
 
 def _counts(n: int, *more: str) -> dict[str, int]:
@@ -557,9 +578,9 @@ def test_hostile_safetensors(res, work, capsys, every):
             for i, (name, content) in enumerate(safetensors_files(honest))
         ]
     cases = _sample(cases, every)
-    _run_model_doors(fuzz, res, cases)
+    _run_model_doors(fuzz, res, cases, init=True)
     n = len(cases)
-    fuzz.check(_counts(n, "weights import"))
+    fuzz.check(_counts(n, "weights import", "init_from"))
 
 
 @pytest.mark.parametrize("every", EVERY)

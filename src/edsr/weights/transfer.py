@@ -19,7 +19,7 @@ import torch
 from edsr.errors import EdsrError
 from edsr.models import SRModel
 from edsr.weights.detect import detect_config
-from edsr.weights.io import read_checkpoint
+from edsr.weights.io import model_from_state_dict, read_checkpoint
 
 _FINAL_CONV = {"edsr": "tail.1.", "mdsr": "tail.0."}
 #: What ``--init-from`` accepts, for a message about a file that is not one.
@@ -68,7 +68,11 @@ def init_from(model: SRModel, path: str | os.PathLike[str]) -> Transfer:
     with ``model`` is an :class:`EdsrError`.
     """
     name = Path(path).name
-    src, _, _ = read_checkpoint(path, accepts=INIT_ACCEPTS)
+    src, claimed, _ = read_checkpoint(path, accepts=INIT_ACCEPTS)
+    # Read as every door reads a model file (its config a claim checked against its tensors,
+    # the tensors loaded strictly into the model they describe), so a damaged or lying file is
+    # refused here too, not half-copied; only then are its tensors the facts.
+    model_from_state_dict(src, config=claimed, source=name)
     src_cfg = detect_config(src)  # the tensors' arch and scales: a file's config only claims
     own_cfg = model.config()
     load: dict[str, torch.Tensor] = {}
