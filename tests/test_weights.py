@@ -272,7 +272,8 @@ def test_readme_python_example_runs_offline_as_written(offline, tmp_path, monkey
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    Image.open(DATA / "Set5" / "HR" / "bird.png").crop((0, 0, 48, 40)).save(tmp_path / "photo.png")
+    bird = Image.open(DATA / "Set5" / "HR" / "bird.png").convert("RGB")
+    bird.crop((0, 0, 48, 40)).save(tmp_path / "photo.jpg", quality=85)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)
