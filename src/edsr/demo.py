@@ -140,22 +140,31 @@ def run_demo(
     results = []
     for hr_path, target in zip(evalset.hr_files, targets, strict=True):
         lr, hr = load_pair(evalset, hr_path, scale)
-        bic = super_resolve(BICUBIC, lr, scale)
-        sr = upscale_sample(model, lr, scale, precision=precision)
-        p_bic = float(psnr(bic, hr, crop_border=scale, y_channel=True)[0])
-        p_sr = float(psnr(sr, hr, crop_border=scale, y_channel=True)[0])
-        gt, b, s = _hwc(hr), _hwc(bic), _hwc(sr)
-        side = max(16, min(gt.shape[:2]) // 2)  # zoomed 2-3x: enough to see, not a blur of pixels
-        crop = pick_crop(gt, b, side)
-        panels = [
-            (f"bicubic  {p_bic:.2f} dB", b),
-            (f"{model_name}  {p_sr:.2f} dB", s),
-            ("ground truth", gt),
+        shown = [
+            ("bicubic", super_resolve(BICUBIC, lr, scale)),
+            (model_name, upscale_sample(model, lr, scale, precision=precision)),
         ]
-        with atomic_write(target, overwrite=True) as tmp:
-            comparison_image(panels, crop, side).save(tmp, format="PNG")
+        p_bic, p_sr = _write_comparison(target, shown, hr, scale)
         results.append(DemoResult(hr_path.stem, scale, p_bic, p_sr, target))
     return results
+
+
+def _write_comparison(
+    target: Path, shown: list[tuple[str, torch.Tensor]], hr: torch.Tensor, scale: int
+) -> list[float]:
+    """Write ``shown`` (label, uint8 (C, H, W) result; the first is bicubic, whose worst region
+    is the zoomed crop) beside the ground truth, each labelled with its PSNR (Y, shave =
+    scale); return those PSNRs."""
+    scores = [float(psnr(x, hr, crop_border=scale, y_channel=True)[0]) for _, x in shown]
+    gt = _hwc(hr)
+    side = max(16, min(gt.shape[:2]) // 2)  # zoomed 2-3x: enough to see, not a blur of pixels
+    crop = pick_crop(gt, _hwc(shown[0][1]), side)
+    panels = [
+        (f"{label}  {p:.2f} dB", _hwc(x)) for (label, x), p in zip(shown, scores, strict=True)
+    ]
+    with atomic_write(target, overwrite=True) as tmp:
+        comparison_image([*panels, ("ground truth", gt)], crop, side).save(tmp, format="PNG")
+    return scores
 
 
 @dataclass(frozen=True)
@@ -201,26 +210,16 @@ def run_jpeg_case(
     lr_jpeg = torch.from_numpy(np.array(photo.convert("RGB"))).permute(2, 0, 1)
     router = router or Router(scale=scale, progress=False)
     name, why = router.choose(photo)
-    shown = {
-        "bicubic": super_resolve(BICUBIC, lr_jpeg, scale),
-        model_name: upscale_sample(model, lr_jpeg, scale, precision=precision),
-        "route": upscale_sample(router.model(name), lr_jpeg, scale, precision=precision),
-    }
-    p = {k: float(psnr(v, hr, crop_border=scale, y_channel=True)[0]) for k, v in shown.items()}
-    gt = _hwc(hr)
-    side = max(16, min(gt.shape[:2]) // 2)
-    crop = pick_crop(gt, _hwc(shown["bicubic"]), side)
-    panels = [
-        (f"bicubic of JPEG q{quality}  {p['bicubic']:.2f} dB", _hwc(shown["bicubic"])),
-        (f"{model_name}  {p[model_name]:.2f} dB", _hwc(shown[model_name])),
-        (f"default route: {name}  {p['route']:.2f} dB", _hwc(shown["route"])),
-        ("ground truth", gt),
+    shown = [
+        (f"bicubic of JPEG q{quality}", super_resolve(BICUBIC, lr_jpeg, scale)),
+        (model_name, upscale_sample(model, lr_jpeg, scale, precision=precision)),
+        (
+            f"default route: {name}",
+            upscale_sample(router.model(name), lr_jpeg, scale, precision=precision),
+        ),
     ]
-    with atomic_write(target, overwrite=True) as tmp:
-        comparison_image(panels, crop, side).save(tmp, format="PNG")
-    return JpegCase(
-        hr_path.stem, scale, quality, p["bicubic"], p[model_name], p["route"], name, why, target
-    )
+    p_bic, p_model, p_route = _write_comparison(target, shown, hr, scale)
+    return JpegCase(hr_path.stem, scale, quality, p_bic, p_model, p_route, name, why, target)
 
 
 def format_jpeg_case(case: JpegCase, model_name: str) -> str:

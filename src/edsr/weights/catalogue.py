@@ -230,21 +230,45 @@ def _measured(reports: Iterable[str]) -> tuple[Metric, ...]:
     return metrics
 
 
-def _bundled_mdsr() -> WeightsEntry:
+def _bundled(
+    name: str,
+    file: str,
+    sha256: str,
+    size: int,
+    evals: tuple[str, ...],
+    description: str,
+    training: Training,
+    aliases: tuple[str, ...],
+) -> WeightsEntry:
+    """A model trained here and shipped in the package: an MDSR baseline x2/x3/x4 in fp16,
+    its metrics read from the eval reports beside it."""
     return WeightsEntry(
-        name=_BUNDLED_NAME,
+        name=name,
         preset="mdsr-baseline",
         scales=(2, 3, 4),
-        filename=_BUNDLED_FILE,
-        sha256=_BUNDLED_SHA256,
+        filename=file,
+        sha256=sha256,
         parameters=3_227_203,
-        size=_BUNDLED_SIZE,
+        size=size,
         license="MIT (this project)",
         source="trained here",
-        bundled=_BUNDLED_FILE,
-        metrics=_measured(BUNDLED_EVALS),
-        description="MDSR baseline trained here on the 291-image set (fp16); the default model",
-        training=Training(
+        bundled=file,
+        metrics=_measured(evals),
+        description=description,
+        training=training,
+        aliases=aliases,
+    )
+
+
+def _bundled_mdsr() -> WeightsEntry:
+    return _bundled(
+        _BUNDLED_NAME,
+        _BUNDLED_FILE,
+        _BUNDLED_SHA256,
+        _BUNDLED_SIZE,
+        BUNDLED_EVALS,
+        "MDSR baseline trained here on the 291-image set (fp16); the default model",
+        Training(
             command=f"edsr train --recipe {_RECIPE}",
             iterations=sum(_STAGE_ITERS),
             wall_time_s=sum(_STAGE_WALL_S),
@@ -252,7 +276,7 @@ def _bundled_mdsr() -> WeightsEntry:
             data=_DATA_291,
             notes=_NOTES_291,
         ),
-        aliases=("default", "bundled"),
+        ("default", "bundled"),
     )
 
 
@@ -281,31 +305,17 @@ def _trained_on_jpeg(
 ) -> WeightsEntry:
     """A bundled MDSR fine-tuned here for JPEG inputs by the recipe of its own name."""
     recipe = ASSETS / "recipes" / f"{name}.toml"
-    return WeightsEntry(
-        name=name,
-        preset="mdsr-baseline",
-        scales=(2, 3, 4),
-        filename=file,
-        sha256=sha256,
-        parameters=3_227_203,
-        size=size,
-        license="MIT (this project)",
-        source="trained here",
-        bundled=file,
-        metrics=_measured(evals),
-        description=description,
-        training=Training(
-            command=f"edsr train --recipe {name}",
-            iterations=sum(_recipe_iterations(recipe)),
-            wall_time_s=wall_time_s,
-            hardware="a 2-core Intel Xeon CPU (AMX), bf16 autocast channels-last, 24 GiB, "
-            "torch 2.13.0+cpu",
-            data=_DATA_291 + "; each LR patch degraded as the recipe's `degrade` says",
-            notes=f"Started from {_BUNDLED_NAME} (SHA-256 {_BUNDLED_SHA256}); the recipe, "
-            f"src/edsr/assets/recipes/{name}.toml, holds its settings: {notes}",
-        ),
-        aliases=(alias,),
+    training = Training(
+        command=f"edsr train --recipe {name}",
+        iterations=sum(_recipe_iterations(recipe)),
+        wall_time_s=wall_time_s,
+        hardware="a 2-core Intel Xeon CPU (AMX), bf16 autocast channels-last, 24 GiB, "
+        "torch 2.13.0+cpu",
+        data=_DATA_291 + "; each LR patch degraded as the recipe's `degrade` says",
+        notes=f"Started from {_BUNDLED_NAME} (SHA-256 {_BUNDLED_SHA256}); the recipe, "
+        f"src/edsr/assets/recipes/{name}.toml, holds its settings: {notes}",
     )
+    return _bundled(name, file, sha256, size, evals, description, training, (alias,))
 
 
 def _bundled_jpeg() -> WeightsEntry:
