@@ -140,6 +140,7 @@ def test_models_lists_loaded_models_and_registry_with_psnr(server):
     assert div2k[0]["psnr"] == pytest.approx(34.61) and div2k[0]["kind"] == "published"
     assert body["limits"]["max_upload_bytes"] == MAX_UPLOAD
     assert body["limits"]["max_pixels"] == MAX_PIXELS
+    assert body["limits"]["max_uploads_per_client"] == 4  # the default: every limit is listed
 
 
 def test_page_and_static_files(server):

@@ -117,6 +117,7 @@ class Limits(BaseModel):
     timeout_s: float
     upload_timeout_s: float
     max_uploads: int
+    max_uploads_per_client: int
     workers: int
     queue: int
     formats: list[str]
@@ -265,20 +266,21 @@ class EdsrServer:
             await self.queue.close()
             shutil.rmtree(self.tmp_root, ignore_errors=True)
 
-    def limits(self) -> dict[str, Any]:
+    def limits(self) -> Limits:
+        # Built as the schema's type, so a limit added here cannot be dropped from the listing
         c = self.config
-        return {
-            "max_upload_bytes": c.max_upload_bytes,
-            "max_pixels": c.max_pixels,
-            "timeout_s": c.timeout,
-            "upload_timeout_s": c.upload_timeout,
-            "max_uploads": c.max_uploads,
-            "max_uploads_per_client": c.max_uploads_per_client,
-            "workers": c.workers,
-            "queue": c.queue,
-            "formats": [f.value for f in OutputFormat],
-            "input_extensions": sorted(IMAGE_EXTENSIONS),
-        }
+        return Limits(
+            max_upload_bytes=c.max_upload_bytes,
+            max_pixels=c.max_pixels,
+            timeout_s=c.timeout,
+            upload_timeout_s=c.upload_timeout,
+            max_uploads=c.max_uploads,
+            max_uploads_per_client=c.max_uploads_per_client,
+            workers=c.workers,
+            queue=c.queue,
+            formats=[f.value for f in OutputFormat],
+            input_extensions=sorted(IMAGE_EXTENSIONS),
+        )
 
     def choose(
         self, o: UpscaleOptions, header: Header | None = None
