@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", metavar="MODEL", help="make these models' reports, print no table"
     )
     args = p.parse_args(argv)
-    models = [BICUBIC, CLEAN_MODEL, *defaults.route_models()]
+    # the JPEG model of every quality before the band models it started
+    models = list(
+        dict.fromkeys([BICUBIC, CLEAN_MODEL, defaults.JPEG_MODEL, *defaults.route_models()])
+    )
     if args.only:
         for lr in args.lr:
             data = [args.data_root / s for s in args.sets]

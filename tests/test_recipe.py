@@ -109,12 +109,22 @@ def _recipe_matches_its_run(name: str, init: str, degrade: str, iterations: int)
 def test_the_jpeg_recipes_are_what_their_runs_recorded():
     from edsr import defaults
 
-    low, high = defaults.route_models()
+    assert set(defaults.route_models()) == {
+        defaults.JPEG_MODEL,
+        *(f"{defaults.JPEG_MODEL}-{band}" for band in ("mq", "hq")),
+    }
     _recipe_matches_its_run(
-        low, "mdsr-baseline-291", "clean:0.1,jpeg:30-97:0.7,jpeg444:30-97:0.2", 5000
+        defaults.JPEG_MODEL,
+        "mdsr-baseline-291",
+        "clean:0.1,jpeg:30-97:0.7,jpeg444:30-97:0.2",
+        5000,
     )
-    # the high-quality one from the clean model, not the JPEG one
-    _recipe_matches_its_run(high, "mdsr-baseline-291", "jpeg:80-96:0.7,jpeg444:80-96:0.3", 1500)
+    # the middle band's from the JPEG one, at a gentle rate ...
+    mq = f"{defaults.JPEG_MODEL}-mq"
+    _recipe_matches_its_run(mq, defaults.JPEG_MODEL, "jpeg:55-85:0.75,jpeg444:55-85:0.25", 2500)
+    # ... the high-quality one from the clean model, not the JPEG one
+    hq = f"{defaults.JPEG_MODEL}-hq"
+    _recipe_matches_its_run(hq, "mdsr-baseline-291", "jpeg:80-96:0.7,jpeg444:80-96:0.3", 1500)
 
 
 def test_the_registry_entry_points_at_the_recipe():

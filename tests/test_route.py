@@ -15,7 +15,7 @@ from edsr import EdsrError, defaults, load_model, upscale
 from edsr.route import Router
 
 JPEG, CLEAN = defaults.JPEG_MODEL, "mdsr-baseline-291"
-HQ = defaults.route_models()[-1]
+HQ = defaults.JPEG_ROUTE[-1][1]
 
 
 def _band(q: int) -> str:
@@ -42,12 +42,18 @@ def models():
 
 def test_the_rule():
     t = defaults.JPEG_CLEAN_QUALITY
-    (low, _), (high, hq) = defaults.JPEG_ROUTE
-    assert high == t and hq == HQ != JPEG
+    assert defaults.JPEG_ROUTE[-1] == (t, HQ) and JPEG in defaults.route_models()
+    bounds = [b for b, _ in defaults.JPEG_ROUTE]
+    assert bounds == sorted(set(bounds)), "bounds rise"
     assert defaults.route(None) == (None, "not a JPEG")
-    assert defaults.route(low - 1) == (JPEG, f"a JPEG at quality {low - 1} (below {low})")
-    assert defaults.route(low) == (HQ, f"a JPEG at quality {low} ({low}-{t - 1})")
-    assert defaults.route(t - 1)[0] == HQ and f"quality {t - 1}" in defaults.route(t - 1)[1]
+    (first, name), *rest = defaults.JPEG_ROUTE
+    assert defaults.route(first - 1) == (name, f"a JPEG at quality {first - 1} (below {first})")
+    assert defaults.route(1)[0] == name
+    low = first
+    for bound, name in rest:  # each band from the bound below it to one below its own
+        for q in (low, bound - 1):
+            assert defaults.route(q) == (name, f"a JPEG at quality {q} ({low}-{bound - 1})")
+        low = bound
     assert defaults.route(t)[0] is None and "nearly lossless" in defaults.route(t)[1]
     assert defaults.route(100)[0] is None
     assert defaults.route(None, "jpeg")[0] == JPEG and defaults.route(None, "jpeg:75")[0] == JPEG
@@ -77,7 +83,7 @@ def test_files_are_routed_by_type_and_quality_read_from_the_file(tmp_path, photo
 def test_python_door_routes_pillow_jpegs_and_arrays_say_what_they_are(photo, models):
     jpeg = _jpeg(photo, 70)
     routed = np.asarray(upscale(jpeg, scale=2, precision="fp32"))
-    chosen = np.asarray(upscale(jpeg, models[JPEG], 2, precision="fp32"))
+    chosen = np.asarray(upscale(jpeg, models[_band(70)], 2, precision="fp32"))
     other = np.asarray(upscale(jpeg, models[CLEAN], 2, precision="fp32"))
     assert np.array_equal(routed, chosen) and not np.array_equal(routed, other)
     png = np.asarray(upscale(photo, scale=2, precision="fp32"))
@@ -85,7 +91,7 @@ def test_python_door_routes_pillow_jpegs_and_arrays_say_what_they_are(photo, mod
     arr = np.asarray(jpeg.convert("RGB"))
     assert np.array_equal(upscale(arr, scale=2, precision="fp32"), other), "arrays stay clean"
     said = upscale(arr, scale=2, precision="fp32", degradation="jpeg")
-    assert np.array_equal(said, chosen)
+    assert np.array_equal(said, upscale(arr, models[JPEG], 2, precision="fp32"))
     with pytest.raises(EdsrError, match="leave it out when you give a model"):
         upscale(arr, models[CLEAN], 2, degradation="jpeg")
 

@@ -35,28 +35,40 @@ DEVICE = "auto"
 #: The models a JPEG input gets when no model is named, by its quality (read from its
 #: quantization tables): ``(bound, name)`` in rising order, a JPEG below ``bound`` taking
 #: ``name``. Both are the bundled MDSR fine-tuned on LR saved as JPEG (recipes of the same
-#: names): one on the whole range of qualities, one on the high qualities only, where the
-#: artefacts are faint and a model trained on every quality smooths away detail the clean one
+#: names): the first on q55-85 (from :data:`JPEG_MODEL`), the second on q80-96 only, where the
+#: artefacts are faint and a model shown lower qualities smooths away detail the clean one
 #: keeps. The bounds are where the models cross (PSNR over bicubic, mean of Set5 + Set14 + B100
-#: x2/x3/x4, 4:2:0; docs/jpeg/table.md): the first model is ahead of the second by 0.12 dB at
-#: q75, level at q80 (0.003), behind by 0.13 at q85; the second is ahead of the clean model by
-#: 0.26 at q92, level at q95 (0.000), behind by 0.32 at q98.
+#: x2/x3/x4, 4:2:0; docs/jpeg/table.md): the first model is ahead of the second by 0.03 dB at
+#: q80 and behind by 0.03 at q82; the second is ahead of the clean model by 0.26 at q92, level
+#: at q95 (0.000), behind by 0.32 at q98. Below q55 the first is still ahead of
+#: :data:`JPEG_MODEL` (by 0.03 at q50, Set5 + Set14 + B100 + Urban100).
 JPEG_ROUTE: tuple[tuple[int, str], ...] = (
-    (80, "mdsr-baseline-291-jpeg"),
+    (81, "mdsr-baseline-291-jpeg-mq"),
     (95, "mdsr-baseline-291-jpeg-hq"),
 )
 
 #: The model for a JPEG of unknown quality (``degradation="jpeg"``, ``--degradation jpeg``):
 #: the one trained on every quality.
-JPEG_MODEL = JPEG_ROUTE[0][1]
+JPEG_MODEL = "mdsr-baseline-291-jpeg"
 
 #: A JPEG saved at this quality or above goes to the clean default, as a lossless input.
 JPEG_CLEAN_QUALITY = JPEG_ROUTE[-1][0]
 
 
 def route_models() -> tuple[str, ...]:
-    """The registry names the route may pick besides the clean default, in route order."""
-    return tuple(name for _, name in JPEG_ROUTE)
+    """The registry names the route may pick besides the clean default: the bands' models in
+    route order, then :data:`JPEG_MODEL` where no band has it."""
+    return tuple(dict.fromkeys([*(name for _, name in JPEG_ROUTE), JPEG_MODEL]))
+
+
+def route_band(name: str) -> str:
+    """The JPEG qualities the route gives the model ``name``, in words: "below 80", "80-94"."""
+    low = 0
+    for bound, band_model in JPEG_ROUTE:
+        if band_model == name:
+            return f"below {bound}" if low == 0 else f"{low}-{bound - 1}"
+        low = bound
+    raise ValueError(f"{name!r} has no band in the route")
 
 
 def route(jpeg_quality: int | None, degradation: str | None = None) -> tuple[str | None, str]:
@@ -81,12 +93,9 @@ def route(jpeg_quality: int | None, degradation: str | None = None) -> tuple[str
         raise ValueError(f"degradation must be 'jpeg' or 'clean', got {degradation!r}")
     if jpeg_quality is None:
         return None, "not a JPEG"
-    low = 0
     for bound, name in JPEG_ROUTE:
         if jpeg_quality < bound:
-            band = f"below {bound}" if low == 0 else f"{low}-{bound - 1}"
-            return name, f"a JPEG at quality {jpeg_quality} ({band})"
-        low = bound
+            return name, f"a JPEG at quality {jpeg_quality} ({route_band(name)})"
     return None, f"a JPEG at quality {jpeg_quality}, nearly lossless (>= {JPEG_CLEAN_QUALITY})"
 
 
@@ -119,5 +128,6 @@ __all__ = [
     "default_scale",
     "resolve_device",
     "route",
+    "route_band",
     "route_models",
 ]

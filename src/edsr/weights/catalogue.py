@@ -290,6 +290,8 @@ _JPEG_SIZE = 6464062
 _JPEG_WALL_S = 3648.1
 #: Its eval reports: lossless LR first (the rows a plain lookup finds), then JPEG LR.
 JPEG_EVALS = ("mdsr_baseline_291_jpeg.eval.json", "mdsr_baseline_291_jpeg.eval-jpeg.json")
+# What a JPEG model's recipe may start from: a bundled model, by its full SHA-256.
+_STARTS = {_BUNDLED_NAME: _BUNDLED_SHA256, defaults.JPEG_MODEL: _JPEG_SHA256}
 
 
 def _trained_on_jpeg(
@@ -303,16 +305,20 @@ def _trained_on_jpeg(
     notes: str,
     alias: str,
 ) -> WeightsEntry:
-    """A bundled MDSR fine-tuned here for JPEG inputs by the recipe of its own name."""
+    """A bundled MDSR fine-tuned here for JPEG inputs by the recipe of its own name, which says
+    what it started from."""
     recipe = ASSETS / "recipes" / f"{name}.toml"
+    with open(recipe, "rb") as f:
+        (stage,) = tomllib.load(f)["stage"]
+    init = stage["init"]
     training = Training(
         command=f"edsr train --recipe {name}",
-        iterations=sum(_recipe_iterations(recipe)),
+        iterations=int(stage["iters"]),
         wall_time_s=wall_time_s,
         hardware="a 2-core Intel Xeon CPU (AMX), bf16 autocast channels-last, 24 GiB, "
         "torch 2.13.0+cpu",
         data=_DATA_291 + "; each LR patch degraded as the recipe's `degrade` says",
-        notes=f"Started from {_BUNDLED_NAME} (SHA-256 {_BUNDLED_SHA256}); the recipe, "
+        notes=f"Started from {init} (SHA-256 {_STARTS[init]}); the recipe, "
         f"src/edsr/assets/recipes/{name}.toml, holds its settings: {notes}",
     )
     return _bundled(name, file, sha256, size, evals, description, training, (alias,))
@@ -326,8 +332,8 @@ def _bundled_jpeg() -> WeightsEntry:
         _JPEG_SIZE,
         JPEG_EVALS,
         _JPEG_WALL_S,
-        "the bundled MDSR fine-tuned for JPEG inputs (fp16); the default route's model for "
-        "JPEGs below quality 80",
+        "the bundled MDSR fine-tuned for JPEG inputs of every quality (fp16); what a JPEG of "
+        "unknown quality gets (--degradation jpeg), and the start of the middle band's model",
         "each LR patch "
         "left lossless (10%) or saved by Pillow as JPEG with 4:2:0 (70%) or 4:4:4 (20%) "
         "chroma at a quality drawn from 30-97, the HR patch clean. The run was begun with "
@@ -341,6 +347,7 @@ def _bundled_jpeg() -> WeightsEntry:
     )
 
 
+_HQ_NAME = "mdsr-baseline-291-jpeg-hq"
 _HQ_FILE = "mdsr_baseline_291_jpeg_hq-21221498.safetensors"
 _HQ_SHA256 = "212214982e76a7d86fc28ef35630d1d8031bf0e49e06ae16b398d0364ea27258"
 _HQ_SIZE = 6464062
@@ -353,20 +360,50 @@ HQ_EVALS = ("mdsr_baseline_291_jpeg_hq.eval.json", "mdsr_baseline_291_jpeg_hq.ev
 
 def _bundled_jpeg_hq() -> WeightsEntry:
     return _trained_on_jpeg(
-        defaults.route_models()[-1],
+        _HQ_NAME,
         _HQ_FILE,
         _HQ_SHA256,
         _HQ_SIZE,
         HQ_EVALS,
         _HQ_WALL_S,
         "the bundled MDSR fine-tuned for high-quality JPEG inputs (q80-96, fp16); the default "
-        "route's model for JPEGs at quality 80-94",
+        f"route's model for JPEGs at quality {defaults.route_band(_HQ_NAME)}",
         "each LR patch saved by Pillow as JPEG with 4:2:0 (70%) or 4:4:4 (30%) chroma at a "
         "quality drawn from 80-96, the HR patch clean; its last step ships. Set5 with LR saved "
         "at JPEG q90 (its validation) rose from 34.51/31.65/29.71 dB at x2/x3/x4 (the clean "
         "model) to 35.34/32.21/30.12. The route's bounds between it, the clean model and "
-        f"{defaults.JPEG_MODEL} are measured in docs/jpeg/table.md (scripts/jpeg_table.py).",
+        f"{_MQ_NAME} are measured in docs/jpeg/table.md (scripts/jpeg_table.py).",
         "jpeg-hq",
+    )
+
+
+# --- the middle band's model: the JPEG model fine-tuned further on q55-85 -------------------
+
+_MQ_NAME = "mdsr-baseline-291-jpeg-mq"
+_MQ_FILE = "mdsr_baseline_291_jpeg_mq-d7ae932f.safetensors"
+_MQ_SHA256 = "d7ae932fb295044ca1d06e5a7f66f4b3f08a6a69e36bb08e377de720eb4487b4"
+_MQ_SIZE = 6464062
+_MQ_WALL_S = 1216.1
+MQ_EVALS = ("mdsr_baseline_291_jpeg_mq.eval.json", "mdsr_baseline_291_jpeg_mq.eval-jpeg.json")
+
+
+def _bundled_jpeg_mq() -> WeightsEntry:
+    return _trained_on_jpeg(
+        _MQ_NAME,
+        _MQ_FILE,
+        _MQ_SHA256,
+        _MQ_SIZE,
+        MQ_EVALS,
+        _MQ_WALL_S,
+        "the JPEG model fine-tuned further on JPEG inputs at q55-85 (fp16); the default route's "
+        f"model for JPEGs at quality {defaults.route_band(_MQ_NAME)}",
+        "each LR patch saved by Pillow as JPEG with 4:2:0 (75%) or 4:4:4 (25%) chroma at a "
+        "quality drawn from 55-85, the HR patch clean, at a rate from 3e-5 (a higher one first "
+        "undoes the trained model); its last step ships. Set5 with LR saved at JPEG q75 (its "
+        f"validation) rose from 33.59/30.73/28.84 dB at x2/x3/x4 ({defaults.JPEG_MODEL}) to "
+        "33.65/30.80/28.90. The route's bounds between it, the high-quality model and the clean "
+        "one are measured in docs/jpeg/table.md (scripts/jpeg_table.py).",
+        "jpeg-mq",
     )
 
 
@@ -375,6 +412,7 @@ CATALOGUE: tuple[WeightsEntry, ...] = (
     *_OFFICIAL,
     _bundled_mdsr(),
     _bundled_jpeg(),
+    _bundled_jpeg_mq(),
     _bundled_jpeg_hq(),
 )
 
